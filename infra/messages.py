@@ -1,0 +1,113 @@
+"""Typed messages that cross a process boundary (edge <-> worker <-> agent).
+
+msgspec structs, never ad-hoc dicts. Audio travels as little-endian float32 bytes and video
+as raw uint8 RGB bytes so a message encodes to msgpack without copies of Python lists;
+`audio_array()` / `video_array()` give numpy views.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import numpy as np
+
+TURN_SAMPLES = 3200  # 200 ms at 16 kHz; the model config checks it agrees
+FRAME_SHAPE = (120, 160, 3)  # (H, W, C) uint8 RGB
+
+
+class InputError(ValueError):
+    """Bad input from a client: the message names the offending field."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+
+
+class MicroTurnInput(msgspec.Struct, kw_only=True):
+    """200 ms of everything a session received: user audio, at most one frame, typed text,
+    and background-model result text that arrived since the last turn."""
+
+    audio: bytes  # float32 LE, TURN_SAMPLES samples, 16 kHz mono in [-1, 1]
+    session_id: str = ""
+    turn: int = 0
+    video: bytes | None = None  # uint8 RGB, FRAME_SHAPE
+    text: str = ""  # typed user text
+    background: str = ""  # background-model result text
+    gap: bool = False  # audio was (partly) missing and zero-filled
+
+    @classmethod
+    def from_arrays(
+        cls,
+        audio: np.ndarray,
+        *,
+        video: np.ndarray | None = None,
+        text: str = "",
+        background: str = "",
+        session_id: str = "",
+        turn: int = 0,
+        gap: bool = False,
+    ) -> MicroTurnInput:
+        audio = np.asarray(audio)
+        if audio.ndim != 1 or audio.shape[0] != TURN_SAMPLES:
+            raise InputError("audio", f"expected shape ({TURN_SAMPLES},) mono float32, got {audio.shape}")
+        msg = cls(
+            audio=audio.astype("<f4", copy=False).tobytes(),
+            video=None if video is None else _frame_bytes(video),
+            text=text,
+            background=background,
+            session_id=session_id,
+            turn=turn,
+            gap=gap,
+        )
+        msg.validate()
+        return msg
+
+    def validate(self) -> None:
+        """Raise InputError naming the field for anything the model cannot take."""
+        if len(self.audio) != TURN_SAMPLES * 4:
+            raise InputError(
+                "audio",
+                f"expected {TURN_SAMPLES} float32 samples ({TURN_SAMPLES * 4} bytes), got {len(self.audio)} bytes",
+            )
+        a = self.audio_array()
+        if not np.isfinite(a).all():
+            raise InputError("audio", "contains NaN or infinite samples")
+        if self.video is not None and len(self.video) != math.prod(FRAME_SHAPE):
+            raise InputError(
+                "video", f"expected a uint8 RGB frame of shape {FRAME_SHAPE}, got {len(self.video)} bytes"
+            )
+        if self.turn < 0:
+            raise InputError("turn", f"must be >= 0, got {self.turn}")
+
+    def audio_array(self) -> np.ndarray:
+        return np.frombuffer(self.audio, dtype="<f4")
+
+    def video_array(self) -> np.ndarray | None:
+        if self.video is None:
+            return None
+        return np.frombuffer(self.video, dtype=np.uint8).reshape(FRAME_SHAPE)
+
+
+class MicroTurnOutput(msgspec.Struct, kw_only=True):
+    """What the model produced for one micro-turn of one session."""
+
+    session_id: str
+    turn: int
+    audio: bytes  # float32 LE, TURN_SAMPLES samples
+    text: str = ""  # the model's own text stream (inner monologue / what it says)
+    caption: str = ""  # live caption of the user's words
+    text_tokens: list[int] = msgspec.field(default_factory=list)
+    caption_tokens: list[int] = msgspec.field(default_factory=list)
+    delegate: bool = False  # the model emitted <delegate> this turn
+    step_ms: float = 0.0  # model compute time for the batch this turn ran in
+
+    def audio_array(self) -> np.ndarray:
+        return np.frombuffer(self.audio, dtype="<f4")
+
+
+def _frame_bytes(frame: np.ndarray) -> bytes:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.shape != FRAME_SHAPE:
+        raise InputError("video", f"expected uint8 RGB of shape {FRAME_SHAPE}, got {frame.dtype} {frame.shape}")
+    return frame.tobytes()

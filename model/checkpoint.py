@@ -1,0 +1,126 @@
+"""Checkpoint directories: `model.safetensors` + `config.json` + `tokenizer.json` + `manifest.json`.
+
+The manifest records a SHA-256 per file so a truncated or bit-flipped download is caught
+at load time with an error that names the file, rather than as garbage audio in a call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from model.config import ConfigError, ModelConfig
+from model.interaction import InteractionModel
+from model.tokenizer import Tokenizer, TokenizerError
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER = "tokenizer.json"
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file at fault."""
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    model: InteractionModel
+    tokenizer: Tokenizer
+
+
+def save_checkpoint(path: str | Path, model: InteractionModel, tokenizer: Tokenizer) -> Path:
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS), metadata={"format": str(FORMAT_VERSION)})
+    (out / CONFIG).write_text(model.cfg.to_json() + "\n")
+    tokenizer.save(out / TOKENIZER)
+    manifest = {"format": FORMAT_VERSION, "sha256": {f: _sha256(out / f) for f in (WEIGHTS, CONFIG, TOKENIZER)}}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def load_config(path: str | Path) -> ModelConfig:
+    file = Path(path) / CONFIG
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing (a checkpoint directory holds {CONFIG}, {WEIGHTS}, {TOKENIZER})")
+    try:
+        return ModelConfig.from_dict(json.loads(file.read_text()))
+    except (json.JSONDecodeError, TypeError, ConfigError) as e:
+        raise CheckpointError(f"{file}: not a valid model config: {e}") from e
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
+    root = Path(path)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: not a checkpoint directory")
+    _verify_manifest(root)
+    cfg = load_config(root)
+    try:
+        tokenizer = Tokenizer.load(root / TOKENIZER)
+    except TokenizerError as e:
+        raise CheckpointError(str(e)) from e
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise CheckpointError(
+            f"{root / TOKENIZER}: vocab of {tokenizer.vocab_size} exceeds vocab_size {cfg.vocab_size} in {CONFIG}"
+        )
+    weights = root / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    try:
+        state = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from e
+    model = InteractionModel(cfg).to(device)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected tensors {unexpected[:5]}")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"shape mismatch for {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)} from {CONFIG}")
+        raise CheckpointError(f"{weights}: does not match {CONFIG}: " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    return Checkpoint(config=cfg, model=model.eval(), tokenizer=tokenizer)
+
+
+def _verify_manifest(root: Path) -> None:
+    file = root / MANIFEST
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    try:
+        manifest = json.loads(file.read_text())
+        hashes = dict(manifest["sha256"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{file}: not a valid manifest: {e}") from e
+    if manifest.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{file}: format {manifest.get('format')!r}, this version reads {FORMAT_VERSION}")
+    for name, digest in hashes.items():
+        f = root / name
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing")
+        if _sha256(f) != digest:
+            raise CheckpointError(f"{f}: checksum mismatch (corrupt or modified after saving)")
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with file.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,76 @@
+"""Output heads: text (the model's own stream), caption (the user's words) and the flow head.
+
+The flow head is a MAR-style AdaLN MLP trained with rectified flow: it predicts the velocity
+from noise to one position's mel frames (in unit space, [-1, 1]), conditioned on the trunk's
+hidden state plus the embedding of the text token that position just emitted. Sampling is a
+few Euler steps from noise that comes from the counter-based generator (model/rng.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import ModelConfig
+from model.embeddings import sinusoidal
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class AdaLNBlock(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Linear(dim, 3 * dim)
+        self.fc1 = nn.Linear(dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+        # start as identity: the gate is zero until training moves it (DiT's adaLN-Zero)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(F.silu(c)).chunk(3, dim=-1)
+        return x + gate * self.fc2(F.silu(self.fc1(_modulate(self.norm(x), shift, scale))))
+
+
+class FlowHead(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        W = cfg.flow_dim
+        self.in_proj = nn.Linear(cfg.mel_dim, W)
+        self.t_proj = nn.Linear(cfg.time_embed_dim, W)
+        self.cond_proj = nn.Linear(cfg.d_model, W)
+        self.blocks = nn.ModuleList(AdaLNBlock(W) for _ in range(cfg.flow_depth))
+        self.final_norm = nn.LayerNorm(W, elementwise_affine=False, eps=1e-6)
+        self.final_ada = nn.Linear(W, 2 * W)
+        self.out_proj = nn.Linear(W, cfg.mel_dim)
+        nn.init.zeros_(self.final_ada.weight)
+        nn.init.zeros_(self.final_ada.bias)
+
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x: (N, mel_dim) at flow time t: (N,), cond: (N, D) -> predicted velocity (N, mel_dim)."""
+        c = self.cond_proj(cond) + self.t_proj(sinusoidal(t, self.cfg.time_embed_dim, 1e-3, 10.0))
+        h = self.in_proj(x)
+        for block in self.blocks:
+            h = block(h, c)
+        shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
+        return self.out_proj(_modulate(self.final_norm(h), shift, scale))
+
+    def loss(self, cond: torch.Tensor, target: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Rectified flow: x_t = t*x1 + (1-t)*x0, regress v = x1 - x0. All (N, ...) rows."""
+        x_t = t[:, None] * target + (1 - t[:, None]) * noise
+        return F.mse_loss(self.velocity(x_t, t, cond), target - noise)
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Euler integration from x0 = noise (N, mel_dim) at t=0 to t=1."""
+        x = noise
+        n = self.cfg.flow_steps
+        for i in range(n):
+            t = torch.full((x.shape[0],), i / n, device=x.device)
+            x = x + self.velocity(x, t, cond) / n
+        return x

@@ -1,0 +1,91 @@
+"""The interaction model: bag-of-embeddings input, a MoE transformer trunk, three heads.
+
+`forward(positions)` without a cache is the teacher-forced pass over whole interleaved
+sequences (training, evaluation); with a `KVCache` and slot ids it appends a chunk to each
+row's session (streaming and the batched engine). Both run the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model.attention import Attention, KVCache, rope_angles
+from model.config import ModelConfig
+from model.embeddings import InputEmbedding
+from model.heads import FlowHead
+from model.moe import MoE, Routing, balance_loss
+from model.norm import RMSNorm
+from model.positions import Positions
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.moe = MoE(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        pos: torch.Tensor,
+        valid: torch.Tensor,
+        cache: KVCache | None,
+        slots: torch.Tensor | None,
+        keep: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, Routing]:
+        x = x + self.attn(self.attn_norm(x), rope, pos, valid, cache, slots, keep)
+        B, T, D = x.shape
+        y, routing = self.moe(self.ffn_norm(x).view(B * T, D))
+        return x + y.view(B, T, D), routing
+
+
+@dataclass
+class TrunkOutput:
+    hidden: torch.Tensor  # (B, T, D) after the final norm
+    routing: list[Routing]  # one per layer, over the B*T flattened tokens
+
+    def balance_loss(self, n_experts: int, valid: torch.Tensor) -> torch.Tensor:
+        flat = valid.reshape(-1)
+        return torch.stack([balance_loss(r, n_experts, flat) for r in self.routing]).mean()
+
+
+class InteractionModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = InputEmbedding(cfg)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.text_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.caption_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.flow = FlowHead(cfg)
+
+    def forward(
+        self, p: Positions, cache: KVCache | None = None, slots: torch.Tensor | None = None
+    ) -> TrunkOutput:
+        valid = p.valid
+        keep = None
+        if cache is not None:
+            if slots is None:
+                raise ValueError("slots: a cached forward needs the cache slot of every row")
+            keep = cache.write_mask(p.pos, valid)
+        x = self.embed(p)  # (B, T, D)
+        rope = rope_angles(p.pos, self.cfg.head_dim, self.cfg.rope_theta)
+        routing = []
+        for block in self.blocks:
+            x, r = block(x, rope, p.pos, valid, cache, slots, keep)
+            routing.append(r)
+        if cache is not None:
+            assert slots is not None and keep is not None
+            cache.commit(slots, p.pos, keep)
+        return TrunkOutput(hidden=self.norm(x), routing=routing)
+
+    def flow_cond(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The flow head's condition: hidden state plus the embedding of the emitted token."""
+        return hidden + self.embed.embed_text(tokens)

@@ -1,0 +1,232 @@
+"""Streaming sessions: 200 ms in, 200 ms out.
+
+`SessionState` is everything one call owns besides its KV cache slot: featurizer tails, the
+vocoder's overlap state, the last output (it feeds the next turn's first output slot), and
+queues of typed and background text that did not fit into earlier turns (nothing is dropped).
+`step_batch` runs one micro-turn for many sessions: one ragged prefill of every IN_k, then
+`positions_per_turn` batched decode steps for OUT_k. `InteractionSession` is the
+single-session API on top of it; the engine (model/engine.py) is the same call over a slot pool.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from infra.messages import MicroTurnInput, MicroTurnOutput
+from model import rng
+from model.attention import KVCache
+from model.config import ModelConfig
+from model.dmel import DMelStream, quantize, unit_to_mel
+from model.interaction import InteractionModel
+from model.positions import Positions, input_positions, output_position, stack
+from model.tokenizer import Tokenizer
+from model.vision import frame_to_patches
+from model.vocoder import StreamingGriffinLim
+
+
+class IncrementalDecoder:
+    """Byte-level BPE tokens -> text deltas, holding back a split multi-byte character."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tok = tokenizer
+        self.held: list[int] = []
+
+    def push(self, ids: list[int]) -> str:
+        self.held.extend(i for i in ids if not self.tok.is_special(i))
+        text = self.tok.decode(self.held)
+        if text.endswith("\ufffd"):
+            return ""
+        self.held.clear()
+        return text
+
+
+@dataclass
+class TurnTrace:
+    """What one turn fed the model and what came out (for tests and debugging)."""
+
+    chunks: list[Positions]
+    hidden: torch.Tensor  # (T_in + P, D)
+    text_logits: torch.Tensor  # (P, V)
+    caption_logits: torch.Tensor  # (P, V)
+
+
+@dataclass
+class SessionState:
+    cfg: ModelConfig
+    session_id: str
+    seed: int
+    slot: int
+    dmel: DMelStream
+    vocoder: StreamingGriffinLim
+    text_decoder: IncrementalDecoder
+    caption_decoder: IncrementalDecoder
+    turn: int = 0
+    next_pos: int = 0
+    last_token: int = 0
+    last_bins: torch.Tensor | None = None  # (F, M) int64
+    pending_text: deque[int] = field(default_factory=deque)
+    pending_bg: deque[int] = field(default_factory=deque)
+    trace: list[TurnTrace] | None = None
+
+    @classmethod
+    def new(
+        cls, cfg: ModelConfig, tokenizer: Tokenizer, session_id: str, seed: int, slot: int, trace: bool = False
+    ) -> SessionState:
+        return cls(
+            cfg=cfg,
+            session_id=session_id,
+            seed=seed,
+            slot=slot,
+            dmel=DMelStream(cfg),
+            vocoder=StreamingGriffinLim(cfg),
+            text_decoder=IncrementalDecoder(tokenizer),
+            caption_decoder=IncrementalDecoder(tokenizer),
+            last_token=tokenizer.pad_id,
+            last_bins=torch.zeros(cfg.frames_per_position, cfg.n_mels, dtype=torch.long),  # bin 0 = silence
+            trace=[] if trace else None,
+        )
+
+    def prepare(self, inp: MicroTurnInput, tokenizer: Tokenizer) -> Positions:
+        """Featurize one input into IN_k. Raises InputError/ValueError naming the bad field."""
+        inp.validate()
+        cfg = self.cfg
+        logmel = self.dmel.push(torch.from_numpy(inp.audio_array().copy()))  # (frames_per_turn, M)
+        frame = inp.video_array()
+        patches = None if frame is None else frame_to_patches(frame, cfg)
+        if inp.text:
+            self.pending_text.extend(tokenizer.encode(inp.text))
+        if inp.background:
+            self.pending_bg.extend([tokenizer.bg_id, *tokenizer.encode(inp.background)])
+        text_ids = _take(self.pending_text, cfg.max_text_tokens_per_turn)
+        bg_ids = _take(self.pending_bg, cfg.max_background_tokens_per_turn)
+        return input_positions(cfg, self.turn, self.next_pos, quantize(logmel, cfg), patches, text_ids, bg_ids)
+
+
+def _take(q: deque[int], n: int) -> list[int]:
+    return [q.popleft() for _ in range(min(n, len(q)))]
+
+
+@torch.inference_mode()
+def step_batch(
+    model: InteractionModel,
+    cache: KVCache,
+    tokenizer: Tokenizer,
+    states: list[SessionState],
+    inputs: list[MicroTurnInput],
+) -> list[MicroTurnOutput]:
+    """One micro-turn for every (state, input) pair: ragged prefill, then batched decode."""
+    cfg = model.cfg
+    device = cache.k.device
+    t_start = time.perf_counter()
+    chunks = [s.prepare(inp, tokenizer) for s, inp in zip(states, inputs, strict=True)]
+    slots = torch.tensor([s.slot for s in states], device=device)
+    prefill = stack(chunks).to(device)
+    hidden_in = model(prefill, cache, slots).hidden  # (B, T, D)
+    for s, c in zip(states, chunks, strict=True):
+        s.next_pos += c.shape[1]
+
+    P = cfg.positions_per_turn
+    caption_logits = model.caption_head(hidden_in[:, :P])  # (B, P, V): audio positions come first
+    captions = caption_logits.argmax(-1).tolist()
+
+    tokens: list[list[int]] = [[] for _ in states]
+    mels = []  # P x (B, F, M) log-mel
+    out_hidden, out_logits, out_chunks = [], [], []
+    for j in range(P):
+        step_chunks = [
+            output_position(cfg, s.turn, j, s.next_pos, s.last_token, s.last_bins)  # type: ignore[arg-type]
+            for s in states
+        ]
+        h = model(stack(step_chunks).to(device), cache, slots).hidden[:, 0]  # (B, D)
+        logits = model.text_head(h)  # (B, V)
+        tok = logits.argmax(-1)  # (B,) first maximum on ties
+        noise = torch.stack(
+            [rng.noise(s.seed, s.turn, j, cfg.mel_dim) for s in states]
+        ).to(device)  # (B, mel_dim)
+        unit = model.flow.sample(model.flow_cond(h, tok), noise)
+        mel = unit_to_mel(unit.clamp(-1, 1), cfg).view(-1, cfg.frames_per_position, cfg.n_mels)  # (B, F, M)
+        bins = quantize(mel, cfg).cpu()
+        for b, s in enumerate(states):
+            s.next_pos += 1
+            s.last_token = int(tok[b])
+            s.last_bins = bins[b]
+            tokens[b].append(s.last_token)
+        mels.append(mel.cpu())
+        out_hidden.append(h)
+        out_logits.append(logits)
+        out_chunks.append(step_chunks)
+
+    step_ms = (time.perf_counter() - t_start) * 1000
+    outputs = []
+    for b, s in enumerate(states):
+        turn_mel = torch.cat([m[b] for m in mels])  # (frames_per_turn, M)
+        audio = s.vocoder.push(turn_mel).numpy().astype("<f4")
+        if s.trace is not None:
+            n_in = chunks[b].shape[1]
+            s.trace.append(
+                TurnTrace(
+                    chunks=[chunks[b]] + [c[b] for c in out_chunks],
+                    hidden=torch.cat([hidden_in[b, :n_in], torch.stack([h[b] for h in out_hidden])]).cpu(),
+                    text_logits=torch.stack([lg[b] for lg in out_logits]).cpu(),
+                    caption_logits=caption_logits[b].cpu(),
+                )
+            )
+        outputs.append(
+            MicroTurnOutput(
+                session_id=s.session_id,
+                turn=s.turn,
+                audio=audio.tobytes(),
+                text=s.text_decoder.push(tokens[b]),
+                caption=s.caption_decoder.push(captions[b]),
+                text_tokens=tokens[b],
+                caption_tokens=captions[b],
+                delegate=tokenizer.delegate_id in tokens[b],
+                step_ms=step_ms,
+            )
+        )
+        s.turn += 1
+    return outputs
+
+
+class InteractionSession:
+    """One streaming session on its own one-slot cache.
+
+    >>> sess = InteractionSession(model, tokenizer, seed=7)
+    >>> out = sess.step(MicroTurnInput.from_arrays(np.zeros(3200, np.float32)))
+    """
+
+    def __init__(
+        self,
+        model: InteractionModel,
+        tokenizer: Tokenizer,
+        seed: int = 0,
+        session_id: str = "local",
+        trace: bool = False,
+    ) -> None:
+        if tokenizer.vocab_size > model.cfg.vocab_size:
+            raise ValueError(
+                f"tokenizer: vocab of {tokenizer.vocab_size} does not fit the model's vocab_size "
+                f"{model.cfg.vocab_size}"
+            )
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        param = next(model.parameters())
+        self.cache = KVCache.allocate(model.cfg, 1, device=param.device, dtype=param.dtype)
+        self.state = SessionState.new(model.cfg, tokenizer, session_id, seed, slot=0, trace=trace)
+
+    @property
+    def trace(self) -> list[TurnTrace]:
+        if self.state.trace is None:
+            raise RuntimeError("session was created without trace=True")
+        return self.state.trace
+
+    def step(self, inp: MicroTurnInput) -> MicroTurnOutput:
+        return step_batch(self.model, self.cache, self.tokenizer, [self.state], [inp])[0]
+
+    def step_audio(self, audio: np.ndarray, **kw: object) -> MicroTurnOutput:
+        return self.step(MicroTurnInput.from_arrays(audio, **kw))  # type: ignore[arg-type]

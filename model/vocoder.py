@@ -1,0 +1,151 @@
+"""Weight-free vocoder: streaming Griffin-Lim from our causal log-mel (DESIGN.md §5, "Audio out").
+
+Same STFT geometry as model/dmel.py: frame f is an 800-sample periodic Hann window over samples
+[(f-1)*hop, (f+1)*hop), zero-padded at the end to n_fft. Synthesis is the least-squares ISTFT
+y = sum_f w * irfft(X_f) / env, with env = w[n]**2 + w[n+hop]**2 the steady-state window power
+(hop = win/2, so every interior sample sees exactly two frames; edges behave as if the missing
+neighbor were silent).
+
+mel -> magnitude: undo the log and the 1/sum(window) normalization, then spread each band's
+power over its FFT bins with the unnormalized triangles. They form a partition of unity, so
+this linearly interpolates the band powers between band centers: non-negative, smooth, and
+one (n_mels, K) matmul, which is cached per config. A few multiplicative NNLS updates then
+sharpen it so that its mel matches the target.
+
+Phase: Fast Griffin-Lim (momentum 0.99) from a deterministic start, the phase every bin would
+have if it were a cosine at the bin frequency with zero phase at t=0 (no RNG involved).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from model.config import ModelConfig
+from model.dmel import _analysis, mel_triangles, stft_key
+
+_MOMENTUM = 0.99
+_NNLS_STEPS = 8
+_EPS = 1e-12
+
+_SYNTHESIS: dict[tuple[int | float, ...], tuple[Tensor, Tensor, Tensor, Tensor, float]] = {}
+
+
+def _synthesis(cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, float]:
+    """Cached (window, env, spread (M, K), fb (K, M), window sum) for a config."""
+    key = stft_key(cfg)
+    if key not in _SYNTHESIS:
+        window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64)
+        hop = cfg.hop_length
+        env = window[:hop] ** 2 + window[hop:] ** 2  # (hop,), in [0.5, 1]
+        _, fb = _analysis(cfg)
+        spread = mel_triangles(cfg).T.contiguous()  # (M, K)
+        _SYNTHESIS[key] = (window.float(), env.float(), spread, fb, float(window.sum()))
+    return _SYNTHESIS[key]
+
+
+def _check_logmel(logmel: Tensor, cfg: ModelConfig, frames: int | None) -> None:
+    if not isinstance(logmel, Tensor) or logmel.ndim != 2 or logmel.shape[1] != cfg.n_mels:
+        shape = tuple(logmel.shape) if isinstance(logmel, Tensor) else type(logmel).__name__
+        raise ValueError(f"logmel: expected shape (frames, {cfg.n_mels}), got {shape}")
+    if frames is not None and logmel.shape[0] != frames:
+        raise ValueError(f"logmel: expected {frames} frames, got {logmel.shape[0]}")
+    if not torch.isfinite(logmel).all():
+        raise ValueError("logmel: expected finite values, got NaN or inf")
+
+
+def mel_to_magnitude(logmel: Tensor, cfg: ModelConfig) -> Tensor:
+    """(F, n_mels) log10 mel energies -> (F, n_fft//2+1) linear STFT magnitudes of a Hann frame."""
+    _, _, spread, fb, wsum = _synthesis(cfg)
+    # sampled outputs may stray past the pinned range; the features never do
+    mel = torch.pow(10.0, logmel.float().clamp(cfg.log_mel_min, cfg.log_mel_max))  # (F, M)
+    power = mel @ spread  # (F, K)
+    for _ in range(_NNLS_STEPS):  # multiplicative NNLS: min ||power @ fb - mel||, power >= 0
+        power = power * (mel @ fb.T) / (power @ fb @ fb.T + _EPS)
+    return power.sqrt() * wsum
+
+
+def _init_phase(first: int, n: int, cfg: ModelConfig) -> Tensor:
+    """(n, K) unit phasors of frames first..first+n-1: each bin a zero-phase cosine at t=0."""
+    k = torch.arange(cfg.n_fft // 2 + 1)
+    start = (torch.arange(first, first + n) - 1) * cfg.hop_length  # frame start sample
+    cycles = (start[:, None] * k) % cfg.n_fft  # exact integer phase, no drift on long calls
+    return torch.polar(torch.ones(()), cycles.float() * (2 * math.pi / cfg.n_fft))
+
+
+def _overlap_add(spec: Tensor, cfg: ModelConfig, carry: Tensor) -> tuple[Tensor, Tensor]:
+    """(n, K) spectra + carried half frame -> (n+1, hop) normalized signal and the (n, win) frames."""
+    window, env, *_ = _synthesis(cfg)
+    hop, n = cfg.hop_length, spec.shape[0]
+    frames = torch.fft.irfft(spec, n=cfg.n_fft)[:, : cfg.win_length] * window  # (n, win)
+    buf = torch.zeros(n + 1, hop)
+    buf[:n] += frames[:, :hop]
+    buf[1:] += frames[:, hop:]
+    buf[0] += carry
+    return buf / env, frames
+
+
+def _analyze(hops: Tensor, cfg: ModelConfig) -> Tensor:
+    """(n+1, hop) signal -> (n, K) spectra of the n frames that span it."""
+    window, *_ = _synthesis(cfg)
+    frames = torch.cat([hops[:-1], hops[1:]], dim=1) * window  # (n, win)
+    return torch.fft.rfft(frames, n=cfg.n_fft)
+
+
+def _fast_griffin_lim(mag: Tensor, phase: Tensor, cfg: ModelConfig, carry: Tensor, n_iter: int) -> Tensor:
+    """Phase retrieval of n frames next to a fixed carried half frame -> (n, K) complex spectra."""
+    prev = torch.zeros_like(phase)
+    for _ in range(n_iter):
+        hops, _ = _overlap_add(mag * phase, cfg, carry)
+        rebuilt = _analyze(hops, cfg)  # (n, K)
+        phase = rebuilt - prev * (_MOMENTUM / (1 + _MOMENTUM))
+        phase = phase / (phase.abs() + _EPS)
+        prev = rebuilt
+    return mag * phase
+
+
+def griffin_lim(logmel: Tensor, cfg: ModelConfig, n_iter: int = 32) -> Tensor:
+    """(F, n_mels) -> (F*hop,) waveform over samples [0, F*hop), aligned with log_mel's frames."""
+    _check_logmel(logmel, cfg, None)
+    mag = mel_to_magnitude(logmel, cfg)  # (F, K)
+    carry = torch.zeros(cfg.hop_length)
+    spec = _fast_griffin_lim(mag, _init_phase(0, mag.shape[0], cfg), cfg, carry, n_iter)
+    hops, _ = _overlap_add(spec, cfg, carry)  # (F+1, hop); hop 0 is before t=0
+    return hops[1:].flatten()
+
+
+class StreamingGriffinLim:
+    """Per-session vocoder: frames_per_turn log-mel frames in, turn_samples samples out.
+
+    Each push runs Griffin-Lim on the new frames only, next to the last frame of the previous
+    push, whose waveform is kept fixed (its first half is already out). A window spans two
+    hops, so that frame is the only committed one that overlaps new audio; older ones need no
+    state. Output lags the mel by delay_samples = one hop: the last hop of each push waits for
+    the next push's first frame. The very first hop out is zeros.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_iter: int = 32) -> None:
+        self.cfg = cfg
+        self.n_iter = n_iter
+        self.delay_samples = cfg.hop_length
+        self.reset()
+
+    def reset(self) -> None:
+        self.frames_seen = 0
+        self.carry = torch.zeros(self.cfg.hop_length)  # second half of the last frame, windowed
+
+    def push(self, logmel: Tensor) -> Tensor:
+        """(frames_per_turn, n_mels) -> (turn_samples,) waveform, delayed by delay_samples."""
+        cfg = self.cfg
+        _check_logmel(logmel, cfg, cfg.frames_per_turn)
+        mag = mel_to_magnitude(logmel, cfg)  # (n, K)
+        phase = _init_phase(self.frames_seen, mag.shape[0], cfg)
+        spec = _fast_griffin_lim(mag, phase, cfg, self.carry, self.n_iter)
+        hops, frames = _overlap_add(spec, cfg, self.carry)  # (n+1, hop)
+        if self.frames_seen == 0:
+            hops[0] = 0.0  # before t=0
+        self.frames_seen += mag.shape[0]
+        self.carry = frames[-1, cfg.hop_length :]
+        return hops[:-1].flatten()
