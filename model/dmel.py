@@ -47,7 +47,7 @@ def mel_to_hz(m: Tensor) -> Tensor:
 
 
 def mel_triangles(cfg: ModelConfig) -> Tensor:
-    """Unnormalized triangles (n_fft//2+1, n_mels), peak 1; they sum to 1 between the first and last centers."""
+    """(n_fft//2+1, n_mels) triangles of peak 1; they sum to 1 between the first and last centers."""
     n_freqs = cfg.n_fft // 2 + 1
     freqs = torch.linspace(0.0, cfg.sample_rate / 2, n_freqs, dtype=torch.float64)  # (K,)
     lo, hi = hz_to_mel(torch.tensor([cfg.f_min, cfg.f_max], dtype=torch.float64))
@@ -69,16 +69,16 @@ def stft_key(cfg: ModelConfig) -> tuple[int | float, ...]:
     return (cfg.sample_rate, cfg.n_mels, cfg.win_length, cfg.hop_length, cfg.n_fft, cfg.f_min, cfg.f_max)
 
 
-_ANALYSIS: dict[tuple[int | float, ...], tuple[Tensor, Tensor]] = {}
+_BASIS: dict[tuple[int | float, ...], tuple[Tensor, Tensor]] = {}
 
 
-def _analysis(cfg: ModelConfig) -> tuple[Tensor, Tensor]:
+def stft_basis(cfg: ModelConfig) -> tuple[Tensor, Tensor]:
     """Cached (window, filterbank); the window carries the 1/sum(window) normalization."""
     key = stft_key(cfg)
-    if key not in _ANALYSIS:
+    if key not in _BASIS:
         window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64)
-        _ANALYSIS[key] = ((window / window.sum()).to(torch.float32), mel_filterbank(cfg))  # (win,), (K, M)
-    return _ANALYSIS[key]
+        _BASIS[key] = ((window / window.sum()).to(torch.float32), mel_filterbank(cfg))  # (win,), (K, M)
+    return _BASIS[key]
 
 
 def _check_audio(audio: Tensor, n: int | None, cfg: ModelConfig) -> None:
@@ -88,7 +88,9 @@ def _check_audio(audio: Tensor, n: int | None, cfg: ModelConfig) -> None:
     if n is not None and audio.shape[0] != n:
         raise ValueError(f"audio: expected {n} samples, got {audio.shape[0]}")
     if audio.shape[0] % cfg.hop_length:
-        raise ValueError(f"audio: expected a multiple of hop_length={cfg.hop_length} samples, got {audio.shape[0]}")
+        raise ValueError(
+            f"audio: expected a multiple of hop_length={cfg.hop_length} samples, got {audio.shape[0]}"
+        )
     if not torch.isfinite(audio).all():
         raise ValueError("audio: expected finite samples, got NaN or inf")
 
@@ -100,7 +102,7 @@ def log_mel(audio: Tensor, cfg: ModelConfig, tail: Tensor | None = None) -> Tens
     tail = audio.new_zeros(hop) if tail is None else tail
     if tail.shape != (hop,):
         raise ValueError(f"tail: expected shape ({hop},), got {tuple(tail.shape)}")
-    window, fb = _analysis(cfg)
+    window, fb = stft_basis(cfg)
     x = torch.cat([tail, audio]).to(torch.float32)  # (hop + N,)
     frames = x.unfold(0, cfg.win_length, hop) * window  # (F, win)
     power = torch.fft.rfft(frames, n=cfg.n_fft).abs().square()  # (F, K)

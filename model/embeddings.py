@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import BACKGROUND, MODEL_OUT, N_STREAMS, USER_AUDIO, USER_TEXT, VIDEO, ModelConfig
+from model.linear import Linear
 from model.positions import Positions
 from model.vision import HMLP
 
@@ -43,7 +44,7 @@ class InputEmbedding(nn.Module):
         self.dmel = nn.EmbeddingBag(F_ * M * Q, cfg.d_model, mode="sum")
         self.text = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.stream = nn.Embedding(N_STREAMS, cfg.d_model)
-        self.time = nn.Linear(cfg.time_embed_dim, cfg.d_model)
+        self.time = Linear(cfg.time_embed_dim, cfg.d_model)
         self.vision = HMLP(cfg)
         # table offset of each (frame, channel): bins index into their own 16-row table
         self.register_buffer("dmel_offset", torch.arange(F_ * M).view(F_, M) * Q, persistent=False)

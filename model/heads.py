@@ -14,6 +14,7 @@ from torch import nn
 
 from model.config import ModelConfig
 from model.embeddings import sinusoidal
+from model.linear import Linear
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -24,9 +25,9 @@ class AdaLNBlock(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.ada = nn.Linear(dim, 3 * dim)
-        self.fc1 = nn.Linear(dim, dim)
-        self.fc2 = nn.Linear(dim, dim)
+        self.ada = Linear(dim, 3 * dim)
+        self.fc1 = Linear(dim, dim)
+        self.fc2 = Linear(dim, dim)
         # start as identity: the gate is zero until training moves it (DiT's adaLN-Zero)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
@@ -41,13 +42,13 @@ class FlowHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         W = cfg.flow_dim
-        self.in_proj = nn.Linear(cfg.mel_dim, W)
-        self.t_proj = nn.Linear(cfg.time_embed_dim, W)
-        self.cond_proj = nn.Linear(cfg.d_model, W)
+        self.in_proj = Linear(cfg.mel_dim, W)
+        self.t_proj = Linear(cfg.time_embed_dim, W)
+        self.cond_proj = Linear(cfg.d_model, W)
         self.blocks = nn.ModuleList(AdaLNBlock(W) for _ in range(cfg.flow_depth))
         self.final_norm = nn.LayerNorm(W, elementwise_affine=False, eps=1e-6)
-        self.final_ada = nn.Linear(W, 2 * W)
-        self.out_proj = nn.Linear(W, cfg.mel_dim)
+        self.final_ada = Linear(W, 2 * W)
+        self.out_proj = Linear(W, cfg.mel_dim)
         nn.init.zeros_(self.final_ada.weight)
         nn.init.zeros_(self.final_ada.bias)
 

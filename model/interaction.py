@@ -16,6 +16,7 @@ from model.attention import Attention, KVCache, rope_angles
 from model.config import ModelConfig
 from model.embeddings import InputEmbedding
 from model.heads import FlowHead
+from model.linear import Linear, set_batch_invariant
 from model.moe import MoE, Routing, balance_loss
 from model.norm import RMSNorm
 from model.positions import Positions
@@ -62,9 +63,10 @@ class InteractionModel(nn.Module):
         self.embed = InputEmbedding(cfg)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.text_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.caption_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.text_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.caption_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.flow = FlowHead(cfg)
+        self.set_batch_invariant(cfg.deterministic)
 
     def forward(
         self, p: Positions, cache: KVCache | None = None, slots: torch.Tensor | None = None
@@ -85,6 +87,10 @@ class InteractionModel(nn.Module):
             assert slots is not None and keep is not None
             cache.commit(slots, p.pos, keep)
         return TrunkOutput(hidden=self.norm(x), routing=routing)
+
+    def set_batch_invariant(self, enabled: bool) -> None:
+        """Deterministic serving: every row's arithmetic independent of the batch (model/linear.py)."""
+        set_batch_invariant(self, enabled)
 
     def flow_cond(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The flow head's condition: hidden state plus the embedding of the emitted token."""

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import ModelConfig
+from model.kernels import moe_decode
+from model.linear import Linear, rowwise_matmul
 
 
 @dataclass
@@ -50,20 +52,22 @@ def balance_loss(r: Routing, n_experts: int, valid: torch.Tensor | None = None) 
 class SwiGLU(nn.Module):
     def __init__(self, d_model: int, hidden: int) -> None:
         super().__init__()
-        self.gate = nn.Linear(d_model, hidden, bias=False)
-        self.up = nn.Linear(d_model, hidden, bias=False)
-        self.down = nn.Linear(hidden, d_model, bias=False)
+        self.gate = Linear(d_model, hidden, bias=False)
+        self.up = Linear(d_model, hidden, bias=False)
+        self.down = Linear(hidden, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
 class MoE(nn.Module):
+    batch_invariant: bool = False  # see model/linear.py; set by set_batch_invariant
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         E, D, I = cfg.n_experts, cfg.d_model, cfg.expert_dim
-        self.router = nn.Linear(D, E, bias=False)
+        self.router = Linear(D, E, bias=False)
         self.w_gate = nn.Parameter(torch.empty(E, D, I))  # (E, D, I)
         self.w_up = nn.Parameter(torch.empty(E, D, I))  # (E, D, I)
         self.w_down = nn.Parameter(torch.empty(E, I, D))  # (E, I, D)
@@ -86,6 +90,10 @@ class MoE(nn.Module):
 
     def experts(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Run each token's chosen experts, grouped by expert; combine slots in slot order."""
+        if self.batch_invariant and x.is_cuda:
+            # Triton gather+GEMV: fixed reduction order per (token, slot), no atomics
+            return moe_decode(x, self.w_gate, self.w_up, self.w_down, idx, weight.to(x.dtype))
+        mm = rowwise_matmul if self.batch_invariant else torch.matmul
         N, K = idx.shape
         slot_out = x.new_zeros(N, K, x.shape[1])  # (N, K, D)
         flat = idx.reshape(-1)
@@ -98,8 +106,8 @@ class MoE(nn.Module):
             sel = order[start : start + n]  # flat (token, slot) indices routed to e
             start += n
             xe = x[sel // K]  # (n, D)
-            h = F.silu(xe @ self.w_gate[e]) * (xe @ self.w_up[e])  # (n, I)
-            slot_out.view(N * K, -1)[sel] = h @ self.w_down[e]
+            h = F.silu(mm(xe, self.w_gate[e])) * mm(xe, self.w_up[e])  # (n, I)
+            slot_out.view(N * K, -1)[sel] = mm(h, self.w_down[e])
         return _combine(slot_out, weight.to(x.dtype))
 
 

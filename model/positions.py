@@ -86,7 +86,9 @@ def input_positions(
     )
 
 
-def output_position(cfg: ModelConfig, turn: int, slot: int, pos: int, prev_token: int, prev_bins: torch.Tensor) -> Positions:
+def output_position(
+    cfg: ModelConfig, turn: int, slot: int, pos: int, prev_token: int, prev_bins: torch.Tensor
+) -> Positions:
     """Output slot `slot` of OUT_k as a (1, 1) Positions; prev_bins: (F, M) int64."""
     t = (turn + 1) * cfg.micro_turn_ms / 1000 + slot * cfg.position_ms / 1000
     return Positions(

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from model.config import ModelConfig, hmlp_dims
+from model.linear import Linear
 
 # Pixel normalization inside the module, so callers feed raw [0, 1] values and a checkpoint
 # carries no separate preprocessing constants. Roughly centres and scales natural images.
@@ -69,15 +70,14 @@ class HMLP(nn.Module):
         super().__init__()
         c1, c2, c3, c4 = hmlp_dims(cfg)
         self.patch_size = cfg.patch_size
-        self.deterministic = cfg.deterministic
         eps = cfg.norm_eps
-        self.proj1 = nn.Linear(3 * _SUB * _SUB, c1)
+        self.proj1 = Linear(3 * _SUB * _SUB, c1)
         self.norm1 = nn.LayerNorm(c1, eps=eps)
-        self.proj2 = nn.Linear(4 * c1, c2)
+        self.proj2 = Linear(4 * c1, c2)
         self.norm2 = nn.LayerNorm(c2, eps=eps)
-        self.proj3 = nn.Linear(4 * c2, c3)
+        self.proj3 = Linear(4 * c2, c3)
         self.norm3 = nn.LayerNorm(c3, eps=eps)
-        self.proj4 = nn.Linear(4 * c3, c4)
+        self.proj4 = Linear(4 * c3, c4)
         self.norm4 = nn.LayerNorm(c4, eps=eps)
         self.act = nn.GELU()
 
@@ -91,25 +91,8 @@ class HMLP(nn.Module):
         x = x.reshape(N, 3, _GRID, _SUB, _GRID, _SUB)  # (N, 3, 8, 5, 8, 5)
         x = x.permute(0, 2, 4, 1, 3, 5)  # (N, 8, 8, 3, 5, 5)
         x = x.reshape(N, _GRID, _GRID, 3 * _SUB * _SUB)  # (N, 8, 8, 75)
-        x = self.act(self.norm1(self._linear(self.proj1, x)))  # (N, 8, 8, c1)
-        x = self.act(self.norm2(self._linear(self.proj2, _merge_2x2(x))))  # (N, 4, 4, c2)
-        x = self.act(self.norm3(self._linear(self.proj3, _merge_2x2(x))))  # (N, 2, 2, c3)
-        x = self.norm4(self._linear(self.proj4, _merge_2x2(x)))  # (N, 1, 1, d_model)
+        x = self.act(self.norm1(self.proj1(x)))  # (N, 8, 8, c1)
+        x = self.act(self.norm2(self.proj2(_merge_2x2(x))))  # (N, 4, 4, c2)
+        x = self.act(self.norm3(self.proj3(_merge_2x2(x))))  # (N, 2, 2, c3)
+        x = self.norm4(self.proj4(_merge_2x2(x)))  # (N, 1, 1, d_model)
         return x.reshape(N, -1)  # (N, d_model)
-
-    def _linear(self, layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-        """`layer(x)`, made bitwise independent of the row count in deterministic mode.
-
-        A plain GEMM picks its blocking (hence its summation order) from the number of rows,
-        so one patch alone and the same patch among a batch differ in the last bits (~1e-6).
-        In deterministic mode every row instead gets its own 1-row GEMM via `baddbmm` against
-        a stride-0 expanded weight (no copy): each row's arithmetic is then the same whatever
-        the batch. Costs a few times more than one GEMM, which is cheap at this size.
-        """
-        if not self.deterministic:
-            return layer(x)
-        rows = x.reshape(-1, 1, x.shape[-1])  # (R, 1, in)
-        R = rows.shape[0]
-        weight = layer.weight.t().expand(R, -1, -1)  # (R, in, out)
-        bias = layer.bias.expand(R, 1, -1)  # (R, 1, out)
-        return torch.baddbmm(bias, rows, weight).reshape(*x.shape[:-1], -1)  # (..., out)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from model.config import ModelConfig
-from model.dmel import _analysis, mel_triangles, stft_key
+from model.dmel import mel_triangles, stft_basis, stft_key
 
 _MOMENTUM = 0.99
 _NNLS_STEPS = 8
@@ -40,7 +40,7 @@ def _synthesis(cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, float]
         window = torch.hann_window(cfg.win_length, periodic=True, dtype=torch.float64)
         hop = cfg.hop_length
         env = window[:hop] ** 2 + window[hop:] ** 2  # (hop,), in [0.5, 1]
-        _, fb = _analysis(cfg)
+        _, fb = stft_basis(cfg)
         spread = mel_triangles(cfg).T.contiguous()  # (M, K)
         _SYNTHESIS[key] = (window.float(), env.float(), spread, fb, float(window.sum()))
     return _SYNTHESIS[key]
@@ -62,8 +62,9 @@ def mel_to_magnitude(logmel: Tensor, cfg: ModelConfig) -> Tensor:
     # sampled outputs may stray past the pinned range; the features never do
     mel = torch.pow(10.0, logmel.float().clamp(cfg.log_mel_min, cfg.log_mel_max))  # (F, M)
     power = mel @ spread  # (F, K)
+    target = mel @ fb.T  # (F, K)
     for _ in range(_NNLS_STEPS):  # multiplicative NNLS: min ||power @ fb - mel||, power >= 0
-        power = power * (mel @ fb.T) / (power @ fb @ fb.T + _EPS)
+        power = power * target / (power @ fb @ fb.T + _EPS)
     return power.sqrt() * wsum
 
 

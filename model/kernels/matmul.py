@@ -28,7 +28,10 @@ def _check_shapes(x: torch.Tensor, w: torch.Tensor) -> None:
 
 
 def matmul_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # (M, K) @ (K, N) -> (M, N)
-    """Plain `x @ w`: the CPU path and the accuracy oracle for the kernel."""
+    """Plain `x @ w`: the CPU path and the accuracy oracle for the kernel.
+
+    Not batch-invariant: CPU BLAS picks kernels by M, so a row's bits can change with the batch.
+    """
     _check_shapes(x, w)
     return x @ w
 

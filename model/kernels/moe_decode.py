@@ -53,7 +53,10 @@ def moe_decode_reference(
     expert_idx: torch.Tensor,  # (T, K) int64
     expert_weight: torch.Tensor,  # (T, K)
 ) -> torch.Tensor:  # (T, D), dtype of x
-    """Plain PyTorch MoE decode; accumulates in fp32 and sums slots in order 0..K-1 like the kernel."""
+    """Plain PyTorch MoE decode; accumulates in fp32 and sums slots in order 0..K-1 like the kernel.
+
+    Not batch-invariant: the batched GEMMs go through CPU BLAS, whose kernel choice depends on T.
+    """
     _check_shapes(x, w_gate, w_up, w_down, expert_idx, expert_weight)
     xf = x.float()[:, None, :]  # (T, 1, D)
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)  # (T, D)

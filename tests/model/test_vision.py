@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from model.config import ModelConfig, _hmlp_params
+from model.linear import set_batch_invariant
 from model.vision import HMLP, frame_to_patches
 
 CFG = ModelConfig()
@@ -77,7 +78,8 @@ def test_bad_patches_raise() -> None:
 def test_batch_invariance_deterministic_is_bitwise() -> None:
     """Deterministic mode: a patch's embedding is bitwise the same alone or in any batch."""
     torch.manual_seed(0)
-    model = HMLP(dataclasses.replace(CFG, deterministic=True))
+    model = HMLP(CFG)
+    set_batch_invariant(model, True)
     patches = torch.cat([frame_to_patches(_frame(s), CFG) for s in range(3)])  # (36, 3, 40, 40)
     batched = model(patches)
     one_by_one = torch.cat([model(patches[i : i + 1]) for i in range(len(patches))])
@@ -90,7 +92,8 @@ def test_batch_invariance_default_is_close() -> None:
     """Default (fast) mode is row-independent up to GEMM summation order (~1e-6)."""
     torch.manual_seed(0)
     fast = HMLP(CFG)
-    exact = HMLP(dataclasses.replace(CFG, deterministic=True))
+    exact = HMLP(CFG)
+    set_batch_invariant(exact, True)
     exact.load_state_dict(fast.state_dict())
     patches = frame_to_patches(_frame(), CFG)
     batched = fast(patches)
@@ -100,6 +103,7 @@ def test_batch_invariance_default_is_close() -> None:
 
 
 def test_gradients_flow_in_deterministic_mode() -> None:
-    model = HMLP(dataclasses.replace(CFG, deterministic=True))
+    model = HMLP(CFG)
+    set_batch_invariant(model, True)
     model(torch.rand(3, 3, 40, 40)).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

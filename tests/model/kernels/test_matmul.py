@@ -50,6 +50,7 @@ def test_rejects_mismatched_operands() -> None:
 @cuda_only
 def test_cuda_bf16_batch_invariant() -> None:
     x, w = _operands(2 * MATMUL_BLOCK_M + 3, torch.bfloat16, "cuda")
-    assert_rows_batch_invariant(lambda rows: matmul(rows, w), x)
-    ref = matmul_reference(x.float(), w.float())
-    torch.testing.assert_close(matmul(x, w).float(), ref, atol=3e-2, rtol=2e-2)
+    assert_rows_batch_invariant(lambda rows: bi_matmul(rows, w), x)
+    out = bi_matmul(x, w)
+    assert torch.equal(matmul(x, w), out), "dispatcher did not take the Triton path on CUDA"
+    torch.testing.assert_close(out.float(), matmul_reference(x.float(), w.float()), atol=3e-2, rtol=2e-2)

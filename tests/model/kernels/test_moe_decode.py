@@ -26,12 +26,14 @@ def _operands(
     w_up = torch.randn(E, d, i, generator=g) / d**0.5  # (E, D, I)
     w_down = torch.randn(E, i, d, generator=g) / i**0.5  # (E, I, D)
     expert_weight = torch.softmax(torch.randn(t, k, generator=g), dim=-1)  # (T, K)
-    floats = (x, w_gate, w_up, w_down)
     return (
-        *(a.to(device, dtype) for a in floats),
+        x.to(device, dtype),
+        w_gate.to(device, dtype),
+        w_up.to(device, dtype),
+        w_down.to(device, dtype),
         expert_idx.to(device),
         expert_weight.to(device, dtype),
-    )  # type: ignore[return-value]
+    )
 
 
 @pytest.mark.parametrize(
@@ -75,11 +77,12 @@ def test_rejects_inconsistent_shapes() -> None:
 def test_cuda_bf16_matches_fp32_reference_and_is_batch_invariant() -> None:
     idx = torch.randint(0, E, (8, 2), generator=torch.Generator().manual_seed(1))
     x, w_gate, w_up, w_down, idx, weight = _operands(256, 384, idx, torch.bfloat16, "cuda")
-    out = moe_decode(x, w_gate, w_up, w_down, idx, weight)
+    out = moe_decode_triton(x, w_gate, w_up, w_down, idx, weight)
+    assert torch.equal(moe_decode(x, w_gate, w_up, w_down, idx, weight), out), "dispatcher skipped Triton"
     ref = moe_decode_reference(
         x.float(), w_gate.float(), w_up.float(), w_down.float(), idx, weight.float()
     )
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=2e-2)
     for t in range(x.shape[0]):
-        alone = moe_decode(x[t : t + 1], w_gate, w_up, w_down, idx[t : t + 1], weight[t : t + 1])
+        alone = moe_decode_triton(x[t : t + 1], w_gate, w_up, w_down, idx[t : t + 1], weight[t : t + 1])
         assert torch.equal(out[t : t + 1], alone), f"token {t} differs alone vs batched"

@@ -44,6 +44,8 @@ def test_dispatcher_uses_reference_on_cpu(monkeypatch: pytest.MonkeyPatch) -> No
 @cuda_only
 def test_cuda_bf16_batch_invariant() -> None:
     x, weight = _operands(8, torch.bfloat16, "cuda")
-    assert_rows_batch_invariant(lambda rows: rms_norm(rows, weight, EPS), x)
+    assert_rows_batch_invariant(lambda rows: rms_norm_triton(rows, weight, EPS), x)
+    out = rms_norm_triton(x, weight, EPS)
+    assert torch.equal(rms_norm(x, weight, EPS), out), "dispatcher did not take the Triton path on CUDA"
     ref = rms_norm_reference(x.float(), weight.float(), EPS)
-    torch.testing.assert_close(rms_norm(x, weight, EPS).float(), ref, atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=1e-2)
