@@ -100,6 +100,7 @@ class MicroTurnOutput(msgspec.Struct, kw_only=True):
     text_tokens: list[int] = msgspec.field(default_factory=list)
     caption_tokens: list[int] = msgspec.field(default_factory=list)
     delegate: bool = False  # the model emitted <delegate> this turn
+    gap: bool = False  # the input of this turn was missing or late and stepped as silence
     step_ms: float = 0.0  # model compute time for the batch this turn ran in
 
     def audio_array(self) -> np.ndarray:

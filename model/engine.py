@@ -72,7 +72,7 @@ class Engine:
         self._lock = threading.Lock()
 
     # lifecycle ----------------------------------------------------------------------------
-    def open(self, session_id: str, seed: int = 0) -> None:
+    def open(self, session_id: str, seed: int = 0, *, trace: bool = False) -> None:
         with self._lock:
             if session_id in self._sessions:
                 raise ValueError(f"session_id: {session_id!r} is already open")
@@ -80,7 +80,9 @@ class Engine:
                 raise CapacityError(self.max_sessions)
             slot = self._free.pop(0)
             self.cache.reset(slot)
-            self._sessions[session_id] = SessionState.new(self.model.cfg, self.tokenizer, session_id, seed, slot)
+            self._sessions[session_id] = SessionState.new(
+                self.model.cfg, self.tokenizer, session_id, seed, slot, trace=trace
+            )
 
     def close(self, session_id: str) -> None:
         with self._lock:
@@ -97,9 +99,11 @@ class Engine:
     def stats(self) -> EngineStats:
         return EngineStats(max_sessions=self.max_sessions, active=len(self._sessions))
 
-    def session_turn(self, session_id: str) -> int:
-        """The turn number the session's next input will be stepped as."""
-        return self._sessions[session_id].turn
+    def session(self, session_id: str) -> SessionState:
+        try:
+            return self._sessions[session_id]
+        except KeyError:
+            raise UnknownSession(session_id) from None
 
     # stepping -----------------------------------------------------------------------------
     def step(self, inputs: list[MicroTurnInput]) -> list[MicroTurnOutput]:

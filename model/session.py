@@ -186,6 +186,7 @@ def step_batch(
                 text_tokens=tokens[b],
                 caption_tokens=captions[b],
                 delegate=tokenizer.delegate_id in tokens[b],
+                gap=inputs[b].gap,
                 step_ms=step_ms,
             )
         )

@@ -1,0 +1,196 @@
+"""The asyncio-facing worker: bus in, batched engine steps in a dedicated thread, bus out.
+
+Every session that has its next input ready joins the next batch. A session whose input is
+late (not there `late_ms` after it was due, or overtaken by a later turn) is stepped with a
+zero-filled input flagged `gap` so it never holds the batch back and its output stream never
+stalls; when the late input finally arrives it is dropped as stale. Turns are stepped strictly
+in order per session, so outputs are published in order, none lost or duplicated.
+
+The engine runs in one dedicated thread (the event loop never blocks on model compute); open
+and close go through the same thread, so they serialize with steps without extra locking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import msgspec
+
+from infra import keys, metrics
+from infra.bus import Bus, BusClosed, Subscription
+from infra.logging import get_logger
+from infra.messages import MicroTurnInput, MicroTurnOutput
+from model.engine import Engine
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    worker_id: str = "local"
+    turn_ms: float = 200.0
+    # how long after its due time a session's input may arrive before the turn is gap-stepped
+    late_ms: float = 120.0
+    # after the first input wakes the loop, wait this long for other sessions' inputs to join
+    gather_ms: float = 5.0
+    # inputs held per session ahead of the turn being stepped (a flooding client cannot grow memory)
+    max_pending: int = 16
+
+
+@dataclass
+class _SessionQueue:
+    next_turn: int = 0
+    due: float | None = None  # monotonic time the next input is expected; None before the first
+    pending: dict[int, tuple[MicroTurnInput, float]] = field(default_factory=dict)  # turn -> (input, arrival)
+
+
+class Worker:
+    def __init__(self, engine: Engine, bus: Bus, settings: WorkerSettings | None = None) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.settings = settings or WorkerSettings()
+        self.step_times: deque[float] = deque(maxlen=1000)  # seconds, most recent steps
+        self.behind = 0
+        self.gap_steps = 0
+        self.stale_inputs = 0
+        self._sessions: dict[str, _SessionQueue] = {}
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._tasks: list[asyncio.Task[None]] = []
+        self._turn_samples = engine.model.cfg.turn_samples
+
+    # lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        sub = self.bus.subscribe(keys.inputs(self.settings.worker_id))
+        self._tasks = [
+            asyncio.create_task(self._read_inputs(sub), name="worker-inputs"),
+            asyncio.create_task(self._loop(), name="worker-loop"),
+        ]
+        self._sub = sub
+
+    async def stop(self) -> None:
+        self._sub.close()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        # let a step in flight finish, then release the thread
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+
+    async def open(self, session_id: str, seed: int = 0) -> None:
+        """Reserve a slot; raises model.engine.CapacityError when the worker is full."""
+        await self._in_engine_thread(self.engine.open, session_id, seed)
+        self._sessions[session_id] = _SessionQueue()
+        metrics.ACTIVE_SESSIONS.set(self.engine.stats().active)
+
+    async def close(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+        if session_id in self.engine:
+            await self._in_engine_thread(self.engine.close, session_id)
+        metrics.ACTIVE_SESSIONS.set(self.engine.stats().active)
+
+    async def _in_engine_thread(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    # input side ---------------------------------------------------------------------------
+    async def _read_inputs(self, sub: Subscription) -> None:
+        async for data in sub:
+            try:
+                inp = msgspec.msgpack.decode(data, type=MicroTurnInput)
+            except msgspec.DecodeError as e:
+                log.warning("worker.bad_input", error=str(e))
+                continue
+            q = self._sessions.get(inp.session_id)
+            if q is None:
+                log.debug("worker.input_for_unknown_session", session_id=inp.session_id)
+                continue
+            if inp.turn < q.next_turn:
+                self._stale(inp.session_id, inp.turn)
+                continue
+            q.pending[inp.turn] = (inp, time.monotonic())
+            while len(q.pending) > self.settings.max_pending:
+                self._stale(inp.session_id, q.pending.pop(min(q.pending))[0].turn)
+            self._wake.set()
+
+    def _stale(self, session_id: str, turn: int) -> None:
+        self.stale_inputs += 1
+        metrics.STALE_INPUTS.inc()
+        log.info("worker.stale_input_dropped", session_id=session_id, turn=turn)
+
+    def _form_batch(self, now: float) -> list[MicroTurnInput]:
+        s = self.settings
+        batch = []
+        for sid, q in self._sessions.items():
+            entry = q.pending.pop(q.next_turn, None)
+            if entry is not None:
+                inp, arrived = entry
+                q.due = arrived + s.turn_ms / 1000
+            elif q.due is not None and (q.pending or now > q.due + s.late_ms / 1000):
+                # overtaken by a later turn, or simply late: step silence rather than stall the batch
+                inp = MicroTurnInput(
+                    audio=bytes(4 * self._turn_samples), session_id=sid, turn=q.next_turn, gap=True
+                )
+                q.due += s.turn_ms / 1000
+                self.gap_steps += 1
+                metrics.GAP_STEPS.inc()
+            else:
+                continue
+            q.next_turn += 1
+            batch.append(inp)
+        return batch
+
+    def _next_deadline(self) -> float | None:
+        dues = [q.due for q in self._sessions.values() if q.due is not None]
+        return min(dues) + self.settings.late_ms / 1000 if dues else None
+
+    # the loop -----------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        while True:
+            deadline = self._next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            if self.settings.gather_ms > 0:
+                await asyncio.sleep(self.settings.gather_ms / 1000)
+            batch = self._form_batch(time.monotonic())
+            if not batch:
+                continue
+            try:
+                outputs = await self._step(batch)
+            except Exception:
+                log.exception("worker.step_failed", batch=[i.session_id for i in batch])
+                continue
+            for out in outputs:
+                try:
+                    await self.bus.publish_struct(keys.outputs(out.session_id), out)
+                except BusClosed:
+                    return
+
+    async def _step(self, batch: list[MicroTurnInput]) -> list[MicroTurnOutput]:
+        # sessions closed while their input waited are not stepped
+        batch = [i for i in batch if i.session_id in self.engine]
+        t0 = time.perf_counter()
+        outputs: list[MicroTurnOutput] = await self._in_engine_thread(self.engine.step, batch)
+        dt = time.perf_counter() - t0
+        self.step_times.append(dt)
+        metrics.STEP_SECONDS.observe(dt)
+        metrics.BATCH_SIZE.observe(len(batch))
+        if dt * 1000 > self.settings.turn_ms:
+            self.behind += 1
+            metrics.BEHIND.inc()
+            log.warning(
+                "worker.behind_real_time", step_ms=round(dt * 1000, 1), batch=len(batch), turn_ms=self.settings.turn_ms
+            )
+        return outputs
+
