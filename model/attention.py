@@ -5,10 +5,12 @@ session chunk by chunk computes exactly what one teacher-forced pass over the wh
 interleaved sequence computes: a query at position i sees the first `n_sinks` positions
 and the last `window` positions up to and including i.
 
-The cache is preallocated for a pool of slots: `(layers, slots, kv_heads, n_sinks + window,
-head_dim)`. Sink positions live in the first `n_sinks` entries forever; every later
-position p lives at `n_sinks + (p - n_sinks) % window`, overwriting the position that just
-left the window. Memory per session is bounded, so a call never ends at a context limit.
+The cache is preallocated for a pool of slots: `(layers, slots, kv_heads, cache_len,
+head_dim)`. Sink positions live in the first `n_sinks` entries forever; every later position
+p lives at `n_sinks + (p - n_sinks) % ring_len`. The ring holds the window plus one chunk of
+slack, so a chunk's keys are written first and attention then reads the cache alone, in
+place (no concatenation, and no copy at all when the batch's slots are contiguous). Memory
+per session is bounded, so a call never ends at a context limit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from torch import nn
 from model.config import ModelConfig
 from model.linear import Linear
 
+# (batch rows, chunk columns, cache entries) of the chunk tokens a forward stores
+Where = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 @dataclass
 class KVCache:
@@ -30,9 +35,8 @@ class KVCache:
     k: torch.Tensor  # (L, S, Hkv, C, hd)
     v: torch.Tensor  # (L, S, Hkv, C, hd)
     pos: torch.Tensor  # (S, C) int64
-    length: torch.Tensor  # (S,) int64: next absolute position of each slot
     n_sinks: int
-    window: int
+    ring_len: int
 
     @classmethod
     def allocate(
@@ -43,9 +47,8 @@ class KVCache:
             k=torch.zeros(shape, device=device, dtype=dtype),
             v=torch.zeros(shape, device=device, dtype=dtype),
             pos=torch.full((slots, cfg.cache_len), -1, device=device, dtype=torch.long),
-            length=torch.zeros(slots, device=device, dtype=torch.long),
             n_sinks=cfg.n_sinks,
-            window=cfg.window,
+            ring_len=cfg.ring_len,
         )
 
     @property
@@ -57,34 +60,35 @@ class KVCache:
         self.k[:, slot].zero_()
         self.v[:, slot].zero_()
         self.pos[slot].fill_(-1)
-        self.length[slot] = 0
 
     def ring_index(self, pos: torch.Tensor) -> torch.Tensor:
-        return torch.where(pos < self.n_sinks, pos, self.n_sinks + (pos - self.n_sinks) % self.window)
+        return torch.where(pos < self.n_sinks, pos, self.n_sinks + (pos - self.n_sinks) % self.ring_len)
 
-    def write_mask(self, pos: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Which new tokens to store: a chunk longer than the window keeps only its newest
-        `window` positions, so no two writes of one chunk land on the same entry."""
+    def rows(self, slots: torch.Tensor) -> slice | torch.Tensor:
+        """Index of the batch's slots: a slice (a view, no copy) when they are contiguous."""
+        s = slots.tolist()
+        if s == list(range(s[0], s[0] + len(s))):
+            return slice(s[0], s[0] + len(s))
+        return slots
+
+    def begin(self, slots: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> Where:
+        """Record a chunk's positions before its layers run; returns (rows, cols) to write at.
+
+        A chunk longer than the ring keeps only its newest positions, so no two writes of one
+        chunk land on the same entry.
+        """
         newest = torch.where(valid, pos, -1).amax(dim=1, keepdim=True)  # (B, 1)
-        return valid & ((pos < self.n_sinks) | (pos > newest - self.window))
-
-    def write(
-        self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor
-    ) -> None:
-        """k, v: (B, Hkv, T, hd) for rows `slots` (B,); pos, keep: (B, T)."""
+        keep = valid & ((pos < self.n_sinks) | (pos > newest - self.ring_len))
         b, t = keep.nonzero(as_tuple=True)
-        if b.numel() == 0:
-            return
-        idx = self.ring_index(pos[b, t])
-        self.k[layer, slots[b], :, idx] = k[b, :, t]
-        self.v[layer, slots[b], :, idx] = v[b, :, t]
+        cols = self.ring_index(pos[b, t])
+        self.pos[slots[b], cols] = pos[b, t]
+        return b, t, cols
 
-    def commit(self, slots: torch.Tensor, pos: torch.Tensor, keep: torch.Tensor) -> None:
-        """After every layer has written a chunk: record positions and advance lengths."""
-        b, t = keep.nonzero(as_tuple=True)
-        self.pos[slots[b], self.ring_index(pos[b, t])] = pos[b, t]
-        valid_pos = torch.where(keep, pos + 1, 0).amax(dim=1)  # (B,)
-        self.length[slots] = torch.maximum(self.length[slots], valid_pos)
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, where: Where) -> None:
+        """k, v: (B, Hkv, T, hd) of the chunk; `where` from `begin`."""
+        b, t, cols = where
+        self.k[layer, slots[b], :, cols] = k[b, :, t]
+        self.v[layer, slots[b], :, cols] = v[b, :, t]
 
 
 def rope_angles(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,9 +130,7 @@ class Attention(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         pos: torch.Tensor,  # (B, T) absolute positions
         valid: torch.Tensor,  # (B, T) real tokens (False = ragged padding)
-        cache: KVCache | None = None,
-        slots: torch.Tensor | None = None,  # (B,) cache slot of each row
-        keep: torch.Tensor | None = None,  # (B, T) which new tokens the cache stores
+        ctx: CacheContext | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
@@ -136,19 +138,14 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
 
-        kpos_new = torch.where(valid, pos, -1)
-        if cache is not None:
-            assert slots is not None and keep is not None
-            k_all = torch.cat([cache.k[self.layer, slots], k], dim=2)  # (B, Hkv, C + T, hd)
-            v_all = torch.cat([cache.v[self.layer, slots], v], dim=2)
-            kpos = torch.cat([cache.pos[slots], kpos_new], dim=1)  # (B, C + T)
-            n_cached = cache.pos.shape[1]
-        else:
-            k_all, v_all, kpos, n_cached = k, v, kpos_new, 0
-        mask = attention_mask(pos, kpos, self.cfg.n_sinks, self.cfg.window)
-        # Padding queries see only themselves, so no row is fully masked (SDPA would give NaN).
-        eye = torch.eye(T, dtype=torch.bool, device=x.device)
-        mask[..., n_cached:] |= eye & ~valid[:, None, :, None]
+        if ctx is None:  # teacher-forced: the chunk is the whole sequence
+            k_all, v_all, kpos = k, v, torch.where(valid, pos, -1)
+        else:  # streaming: write first, then read the slots' cache in place
+            ctx.cache.write(self.layer, ctx.slots, k, v, ctx.where)
+            k_all, v_all, kpos = ctx.cache.k[self.layer, ctx.rows], ctx.cache.v[self.layer, ctx.rows], ctx.kpos
+        mask = attention_mask(pos, kpos, self.cfg.n_sinks, self.cfg.window)  # (B, 1, T, Tk)
+        # Padding queries attend to key 0 only, so no row is fully masked (SDPA would give NaN).
+        mask[..., 0] |= ~valid[:, None, :]
 
         # GQA without copying the cache: fold each kv head's query heads into its query rows.
         rep = self.n_heads // self.n_kv
@@ -156,8 +153,22 @@ class Attention(nn.Module):
         mask = mask.repeat(1, 1, rep, 1)  # (B, 1, rep*T, Tk)
         y = F.scaled_dot_product_attention(qg, k_all, v_all, attn_mask=mask)
         y = y.view(B, self.n_heads, T, self.hd)  # (B, H, T, hd)
-
-        if cache is not None:
-            assert slots is not None and keep is not None
-            cache.write(self.layer, slots, k, v, pos, keep)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+
+@dataclass
+class CacheContext:
+    """Per-forward view of the cache shared by all layers: which slots, where the chunk goes,
+    and every cached entry's position (already including the chunk)."""
+
+    cache: KVCache
+    slots: torch.Tensor  # (B,)
+    rows: slice | torch.Tensor
+    where: Where
+    kpos: torch.Tensor  # (B, C)
+
+    @classmethod
+    def begin(cls, cache: KVCache, slots: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> CacheContext:
+        where = cache.begin(slots, pos, valid)
+        rows = cache.rows(slots)
+        return cls(cache=cache, slots=slots, rows=rows, where=where, kpos=cache.pos[rows])

@@ -139,8 +139,20 @@ class ModelConfig:
         return self.frames_per_position * self.n_mels
 
     @property
+    def max_chunk(self) -> int:
+        """Most positions one streaming forward appends (a full IN_k)."""
+        text = self.max_text_tokens_per_turn + self.max_background_tokens_per_turn
+        return self.positions_per_turn + self.n_patches + text
+
+    @property
+    def ring_len(self) -> int:
+        """Ring capacity: the window plus one chunk of slack, so a chunk's keys can be written
+        before attention without evicting anything a query of that chunk still needs."""
+        return self.window + self.max_chunk
+
+    @property
     def cache_len(self) -> int:
-        return self.n_sinks + self.window
+        return self.n_sinks + self.ring_len
 
     # serialization ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

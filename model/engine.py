@@ -126,7 +126,15 @@ class Engine:
                 states.append(state)
             if not states:
                 return []
-            return step_batch(self.model, self.cache, self.tokenizer, states, inputs)
+            # slot order lets attention read the cache rows as one view instead of a gather
+            order = sorted(range(len(states)), key=lambda i: states[i].slot)
+            outs = step_batch(
+                self.model, self.cache, self.tokenizer, [states[i] for i in order], [inputs[i] for i in order]
+            )
+            result: list[MicroTurnOutput] = [outs[0]] * len(outs)
+            for o, i in zip(outs, order, strict=True):
+                result[i] = o
+            return result
 
     @torch.no_grad()
     def warmup(self) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.attention import Attention, KVCache, rope_angles
+from model.attention import Attention, CacheContext, KVCache, rope_angles
 from model.config import ModelConfig
 from model.embeddings import InputEmbedding
 from model.heads import FlowHead
@@ -36,11 +36,9 @@ class Block(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         pos: torch.Tensor,
         valid: torch.Tensor,
-        cache: KVCache | None,
-        slots: torch.Tensor | None,
-        keep: torch.Tensor | None,
+        ctx: CacheContext | None,
     ) -> tuple[torch.Tensor, Routing]:
-        x = x + self.attn(self.attn_norm(x), rope, pos, valid, cache, slots, keep)
+        x = x + self.attn(self.attn_norm(x), rope, pos, valid, ctx)
         B, T, D = x.shape
         y, routing = self.moe(self.ffn_norm(x).view(B * T, D))
         return x + y.view(B, T, D), routing
@@ -72,20 +70,17 @@ class InteractionModel(nn.Module):
         self, p: Positions, cache: KVCache | None = None, slots: torch.Tensor | None = None
     ) -> TrunkOutput:
         valid = p.valid
-        keep = None
+        ctx = None
         if cache is not None:
             if slots is None:
                 raise ValueError("slots: a cached forward needs the cache slot of every row")
-            keep = cache.write_mask(p.pos, valid)
+            ctx = CacheContext.begin(cache, slots, p.pos, valid)
         x = self.embed(p)  # (B, T, D)
         rope = rope_angles(p.pos, self.cfg.head_dim, self.cfg.rope_theta)
         routing = []
         for block in self.blocks:
-            x, r = block(x, rope, p.pos, valid, cache, slots, keep)
+            x, r = block(x, rope, p.pos, valid, ctx)
             routing.append(r)
-        if cache is not None:
-            assert slots is not None and keep is not None
-            cache.commit(slots, p.pos, keep)
         return TrunkOutput(hidden=self.norm(x), routing=routing)
 
     def set_batch_invariant(self, enabled: bool) -> None:

@@ -26,7 +26,7 @@ from model.interaction import InteractionModel
 from model.positions import Positions, input_positions, output_position, stack
 from model.tokenizer import Tokenizer
 from model.vision import frame_to_patches
-from model.vocoder import StreamingGriffinLim
+from model.vocoder import StreamingGriffinLim, push_batch
 
 
 class IncrementalDecoder:
@@ -163,9 +163,10 @@ def step_batch(
 
     step_ms = (time.perf_counter() - t_start) * 1000
     outputs = []
+    turn_mel = torch.cat(mels, dim=1)  # (B, frames_per_turn, M)
+    audio_out = push_batch([s.vocoder for s in states], turn_mel).numpy().astype("<f4")  # (B, turn_samples)
     for b, s in enumerate(states):
-        turn_mel = torch.cat([m[b] for m in mels])  # (frames_per_turn, M)
-        audio = s.vocoder.push(turn_mel).numpy().astype("<f4")
+        audio = audio_out[b]
         if s.trace is not None:
             n_in = chunks[b].shape[1]
             s.trace.append(

@@ -56,51 +56,59 @@ def _check_logmel(logmel: Tensor, cfg: ModelConfig, frames: int | None) -> None:
         raise ValueError("logmel: expected finite values, got NaN or inf")
 
 
+def _per_item_matmul(x: Tensor, w: Tensor) -> Tensor:
+    """(B, n, a) @ (a, b): one GEMM of the same shape per batch item, so an item's result never
+    depends on how many other sessions share the call (batch-invariant; see model/linear.py)."""
+    return torch.bmm(x, w.expand(x.shape[0], *w.shape))
+
+
 def mel_to_magnitude(logmel: Tensor, cfg: ModelConfig) -> Tensor:
-    """(F, n_mels) log10 mel energies -> (F, n_fft//2+1) linear STFT magnitudes of a Hann frame."""
+    """(B, F, n_mels) log10 mel energies -> (B, F, n_fft//2+1) linear STFT magnitudes of a Hann frame."""
     _, _, spread, fb, wsum = _synthesis(cfg)
     # sampled outputs may stray past the pinned range; the features never do
-    mel = torch.pow(10.0, logmel.float().clamp(cfg.log_mel_min, cfg.log_mel_max))  # (F, M)
-    power = mel @ spread  # (F, K)
-    target = mel @ fb.T  # (F, K)
+    mel = torch.pow(10.0, logmel.float().clamp(cfg.log_mel_min, cfg.log_mel_max))  # (B, F, M)
+    power = _per_item_matmul(mel, spread)  # (B, F, K)
+    target = _per_item_matmul(mel, fb.T)  # (B, F, K)
+    gram = fb @ fb.T  # (K, K)
     for _ in range(_NNLS_STEPS):  # multiplicative NNLS: min ||power @ fb - mel||, power >= 0
-        power = power * target / (power @ fb @ fb.T + _EPS)
+        power = power * target / (_per_item_matmul(power, gram) + _EPS)
     return power.sqrt() * wsum
 
 
-def _init_phase(first: int, n: int, cfg: ModelConfig) -> Tensor:
-    """(n, K) unit phasors of frames first..first+n-1: each bin a zero-phase cosine at t=0."""
+def _init_phase(first: Tensor, n: int, cfg: ModelConfig) -> Tensor:
+    """(B, n, K) unit phasors of frames first[b]..first[b]+n-1: each bin a zero-phase cosine at t=0."""
     k = torch.arange(cfg.n_fft // 2 + 1)
-    start = (torch.arange(first, first + n) - 1) * cfg.hop_length  # frame start sample
-    cycles = (start[:, None] * k) % cfg.n_fft  # exact integer phase, no drift on long calls
+    start = (first[:, None] + torch.arange(n) - 1) * cfg.hop_length  # (B, n) frame start sample
+    cycles = (start[..., None] * k) % cfg.n_fft  # exact integer phase, no drift on long calls
     return torch.polar(torch.ones(()), cycles.float() * (2 * math.pi / cfg.n_fft))
 
 
 def _overlap_add(spec: Tensor, cfg: ModelConfig, carry: Tensor) -> tuple[Tensor, Tensor]:
-    """(n, K) spectra + carried half frame -> (n+1, hop) normalized signal and the (n, win) frames."""
+    """(B, n, K) spectra + (B, hop) carried half frames -> (B, n+1, hop) normalized signal and
+    the (B, n, win) frames."""
     window, env, *_ = _synthesis(cfg)
-    hop, n = cfg.hop_length, spec.shape[0]
-    frames = torch.fft.irfft(spec, n=cfg.n_fft)[:, : cfg.win_length] * window  # (n, win)
-    buf = torch.zeros(n + 1, hop)
-    buf[:n] += frames[:, :hop]
-    buf[1:] += frames[:, hop:]
-    buf[0] += carry
+    hop, (B, n) = cfg.hop_length, spec.shape[:2]
+    frames = torch.fft.irfft(spec, n=cfg.n_fft)[..., : cfg.win_length] * window  # (B, n, win)
+    buf = torch.zeros(B, n + 1, hop)
+    buf[:, :n] += frames[..., :hop]
+    buf[:, 1:] += frames[..., hop:]
+    buf[:, 0] += carry
     return buf / env, frames
 
 
 def _analyze(hops: Tensor, cfg: ModelConfig) -> Tensor:
-    """(n+1, hop) signal -> (n, K) spectra of the n frames that span it."""
+    """(B, n+1, hop) signal -> (B, n, K) spectra of the n frames that span it."""
     window, *_ = _synthesis(cfg)
-    frames = torch.cat([hops[:-1], hops[1:]], dim=1) * window  # (n, win)
+    frames = torch.cat([hops[:, :-1], hops[:, 1:]], dim=-1) * window  # (B, n, win)
     return torch.fft.rfft(frames, n=cfg.n_fft)
 
 
 def _fast_griffin_lim(mag: Tensor, phase: Tensor, cfg: ModelConfig, carry: Tensor, n_iter: int) -> Tensor:
-    """Phase retrieval of n frames next to a fixed carried half frame -> (n, K) complex spectra."""
+    """Phase retrieval of n frames next to a fixed carried half frame -> (B, n, K) complex spectra."""
     prev = torch.zeros_like(phase)
     for _ in range(n_iter):
         hops, _ = _overlap_add(mag * phase, cfg, carry)
-        rebuilt = _analyze(hops, cfg)  # (n, K)
+        rebuilt = _analyze(hops, cfg)  # (B, n, K)
         phase = rebuilt - prev * (_MOMENTUM / (1 + _MOMENTUM))
         phase = phase / (phase.abs() + _EPS)
         prev = rebuilt
@@ -110,11 +118,11 @@ def _fast_griffin_lim(mag: Tensor, phase: Tensor, cfg: ModelConfig, carry: Tenso
 def griffin_lim(logmel: Tensor, cfg: ModelConfig, n_iter: int = 32) -> Tensor:
     """(F, n_mels) -> (F*hop,) waveform over samples [0, F*hop), aligned with log_mel's frames."""
     _check_logmel(logmel, cfg, None)
-    mag = mel_to_magnitude(logmel, cfg)  # (F, K)
-    carry = torch.zeros(cfg.hop_length)
-    spec = _fast_griffin_lim(mag, _init_phase(0, mag.shape[0], cfg), cfg, carry, n_iter)
-    hops, _ = _overlap_add(spec, cfg, carry)  # (F+1, hop); hop 0 is before t=0
-    return hops[1:].flatten()
+    mag = mel_to_magnitude(logmel[None], cfg)  # (1, F, K)
+    carry = torch.zeros(1, cfg.hop_length)
+    spec = _fast_griffin_lim(mag, _init_phase(torch.zeros(1, dtype=torch.long), mag.shape[1], cfg), cfg, carry, n_iter)
+    hops, _ = _overlap_add(spec, cfg, carry)  # (1, F+1, hop); hop 0 is before t=0
+    return hops[0, 1:].flatten()
 
 
 class StreamingGriffinLim:
@@ -124,7 +132,8 @@ class StreamingGriffinLim:
     push, whose waveform is kept fixed (its first half is already out). A window spans two
     hops, so that frame is the only committed one that overlaps new audio; older ones need no
     state. Output lags the mel by delay_samples = one hop: the last hop of each push waits for
-    the next push's first frame. The very first hop out is zeros.
+    the next push's first frame. The very first hop out is zeros. `push_batch` runs many
+    sessions' vocoders as one batched computation (the engine's path).
     """
 
     def __init__(self, cfg: ModelConfig, n_iter: int = 32) -> None:
@@ -139,14 +148,28 @@ class StreamingGriffinLim:
 
     def push(self, logmel: Tensor) -> Tensor:
         """(frames_per_turn, n_mels) -> (turn_samples,) waveform, delayed by delay_samples."""
-        cfg = self.cfg
-        _check_logmel(logmel, cfg, cfg.frames_per_turn)
-        mag = mel_to_magnitude(logmel, cfg)  # (n, K)
-        phase = _init_phase(self.frames_seen, mag.shape[0], cfg)
-        spec = _fast_griffin_lim(mag, phase, cfg, self.carry, self.n_iter)
-        hops, frames = _overlap_add(spec, cfg, self.carry)  # (n+1, hop)
-        if self.frames_seen == 0:
-            hops[0] = 0.0  # before t=0
-        self.frames_seen += mag.shape[0]
-        self.carry = frames[-1, cfg.hop_length :]
-        return hops[:-1].flatten()
+        _check_logmel(logmel, self.cfg, self.cfg.frames_per_turn)
+        return push_batch([self], logmel[None])[0]
+
+
+def push_batch(vocoders: list[StreamingGriffinLim], logmel: Tensor) -> Tensor:
+    """(B, frames_per_turn, n_mels) for B sessions' vocoders -> (B, turn_samples).
+
+    Same result per session as pushing it alone (every op is per item or per row)."""
+    cfg = vocoders[0].cfg
+    if logmel.ndim != 3 or logmel.shape[0] != len(vocoders):
+        raise ValueError(f"logmel: expected ({len(vocoders)}, frames, n_mels), got {tuple(logmel.shape)}")
+    if any(v.cfg != cfg or v.n_iter != vocoders[0].n_iter for v in vocoders):
+        raise ValueError("vocoders: a batch must share one config and n_iter")
+    for item in logmel:
+        _check_logmel(item, cfg, cfg.frames_per_turn)
+    mag = mel_to_magnitude(logmel, cfg)  # (B, n, K)
+    first = torch.tensor([v.frames_seen for v in vocoders])
+    carry = torch.stack([v.carry for v in vocoders])  # (B, hop)
+    spec = _fast_griffin_lim(mag, _init_phase(first, mag.shape[1], cfg), cfg, carry, vocoders[0].n_iter)
+    hops, frames = _overlap_add(spec, cfg, carry)  # (B, n+1, hop)
+    hops[first == 0, 0] = 0.0  # before t=0
+    for b, v in enumerate(vocoders):
+        v.frames_seen += mag.shape[1]
+        v.carry = frames[b, -1, cfg.hop_length :]
+    return hops[:, :-1].flatten(1)
