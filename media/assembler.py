@@ -227,9 +227,8 @@ class MicroTurnAssembler:
         The `max_pending` limit is not applied here: what is open is bounded by the reorder
         window and the consumer asked for everything.
         """
-        upto = max(self._open, default=self._next_turn - 1) + 1
-        if self._max_end > self._next_turn * self.turn_samples:
-            upto = max(upto, -(-self._max_end // self.turn_samples))
+        # every written position is < _max_end, so this covers every open turn
+        upto = max(self._next_turn, -(-self._max_end // self.turn_samples))
         self._finalise(upto, cap=False)
         return self.pop_ready()
 

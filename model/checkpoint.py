@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.config import ConfigError, ModelConfig
+from model.config import ConfigError, ModelConfig, get_preset
 from model.interaction import InteractionModel
 from model.tokenizer import Tokenizer, TokenizerError
 
@@ -35,6 +35,24 @@ class Checkpoint:
     config: ModelConfig
     model: InteractionModel
     tokenizer: Tokenizer
+    source: str = ""  # the directory it came from, or "random:<preset>"
+    trained: bool = True
+
+
+def load_or_random(
+    path: str | Path | None, preset: str, *, device: str | torch.device = "cpu", seed: int = 0
+) -> Checkpoint:
+    """The checkpoint at `path` if there is one, else the preset with random weights.
+
+    A directory that exists but does not load is an error, never a silent fallback."""
+    if path is not None and Path(path).exists():
+        return load_checkpoint(path, device=device)
+    cfg = get_preset(preset)
+    torch.manual_seed(seed)
+    model = InteractionModel(cfg).to(device).eval()
+    return Checkpoint(
+        config=cfg, model=model, tokenizer=Tokenizer.default(cfg.vocab_size), source=f"random:{preset}", trained=False
+    )
 
 
 def save_checkpoint(path: str | Path, model: InteractionModel, tokenizer: Tokenizer) -> Path:
@@ -96,7 +114,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
             parts.append(f"shape mismatch for {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)} from {CONFIG}")
         raise CheckpointError(f"{weights}: does not match {CONFIG}: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
-    return Checkpoint(config=cfg, model=model.eval(), tokenizer=tokenizer)
+    return Checkpoint(config=cfg, model=model.eval(), tokenizer=tokenizer, source=str(root))
 
 
 def _verify_manifest(root: Path) -> None:

@@ -4,13 +4,60 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from model import cli as model_cli
+
+
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run edge + engine + worker in one process (embedded defaults)")
+    p.add_argument("--host", help="listen address (MICROTURN_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (MICROTURN_PORT, default 8080)")
+    p.add_argument("--preset", help="preset used when no checkpoint exists (MICROTURN_PRESET, default tiny)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint directory (MICROTURN_CHECKPOINT)")
+    p.add_argument("--max-sessions", type=int, help="engine slots (MICROTURN_MAX_SESSIONS, default 8)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+    from pydantic import ValidationError
+
+    from infra.logging import configure_logging
+    from infra.settings import Settings
+    from signaling.app import create_app
+
+    overrides = {
+        k: v
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "preset": args.preset,
+            "checkpoint": args.checkpoint,
+            "max_sessions": args.max_sessions,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        print(f"error: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # optional: the asyncio loop works, only slower
+        pass
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microturn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_serve_parser(sub)
     model_cli.add_info_parser(sub)
     return parser
 

@@ -1,0 +1,180 @@
+"""`OutputAudioTrack`: the model's voice as an aiortc audio track, paced in 20 ms frames.
+
+The model worker produces 200 ms of 16 kHz audio per micro-turn, in bursts whenever a batched
+step finishes; the RTP sender wants one 20 ms frame every 20 ms, forever. This track is the
+playout buffer between the two.
+
+Decisions:
+
+- Absolute-deadline pacing: frame n is due at `start + n * 20 ms` on the monotonic clock, and
+  `recv()` sleeps until that deadline. Sleeping a relative 20 ms per frame would add every
+  wake-up delay to the schedule (drift of ~1 ms per frame, seconds per call); deadlines
+  computed from n never accumulate error. (aiortc's own `AudioStreamTrack` uses `time.time()`,
+  which jumps with NTP; we use `time.monotonic()`.)
+- When `recv()` is called late (the loop was busy), frames are returned at once until the
+  schedule is caught up, but never more than `max_late_ms` of them: beyond that the schedule is
+  re-anchored at "now" (`resyncs`) rather than bursting a backlog the receiver would have to
+  absorb. pts stay continuous either way.
+- pts count samples (`time_base = 1/16000`) and advance by exactly one frame (320) per frame,
+  silence included, so RTP timestamps never jump.
+- Frames stay 16 kHz mono s16; aiortc's encoder resamples to its codec rate (see
+  `media.resampler`).
+- Prebuffer/target: playout (re)starts only once `target_ms` of audio is queued (default one
+  micro-turn, i.e. the first chunk starts playback immediately); after running dry it waits
+  for the target again instead of stuttering frame by frame. Beyond `max_ms` the oldest audio
+  is dropped (`dropped_samples`): late speech is worse than a skip, and the buffer is bounded.
+- `flush()` is barge-in: everything queued goes at once; the next frame is silence.
+- Silence is sent whenever there is nothing to play (`silence_frames`); running dry while
+  playing is an underrun (`underruns`), the number operators watch.
+
+Not thread-safe: `push`, `flush` and `recv` run on the call's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from media.resampler import MODEL_RATE, float_to_s16_frame
+
+
+class OutputAudioTrack(MediaStreamTrack):
+    """A playout buffer of model audio that aiortc's RTP sender reads 20 ms at a time."""
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = MODEL_RATE,
+        frame_ms: int = 20,
+        target_ms: int = 200,
+        max_ms: int = 1000,
+        max_late_ms: int = 60,
+    ) -> None:
+        super().__init__()
+        if not 0 < frame_ms <= max_ms or target_ms < 0:
+            raise ValueError("need 0 < frame_ms <= max_ms and target_ms >= 0")
+        self.sample_rate = sample_rate
+        self.frame_samples = sample_rate * frame_ms // 1000  # 320 at 16 kHz
+        self.frame_s = self.frame_samples / sample_rate  # exact frame period in seconds
+        self.max_samples = sample_rate * max_ms // 1000
+        self.target_samples = min(sample_rate * target_ms // 1000, self.max_samples)
+        self.max_late_s = max_late_ms / 1000
+
+        # ring buffer: the only storage, so the queue is bounded by construction
+        self._buf = np.zeros(self.max_samples, np.float32)  # (max_samples,)
+        self._read = 0  # index of the oldest queued sample
+        self._size = 0  # queued samples
+        self._playing = False
+
+        self._start: float | None = None  # monotonic time frame 0 was due
+        self._n = 0  # index of the next frame; its pts is _n * frame_samples
+
+        # counters
+        self.frames_out = 0
+        self.silence_frames = 0  # frames with no model audio at all
+        self.underruns = 0  # times the buffer ran dry while playing
+        self.late_frames = 0  # recv() called after the frame's deadline
+        self.resyncs = 0  # schedule re-anchored because recv() was more than max_late_ms late
+        self.dropped_samples = 0  # oldest audio dropped because the buffer exceeded max_ms
+        self.flushed_samples = 0
+        self.flushes = 0
+
+    # producer side ---------------------------------------------------------------------------
+    @property
+    def depth_samples(self) -> int:
+        """Queued samples not yet played."""
+        return self._size
+
+    @property
+    def depth_ms(self) -> float:
+        return 1000 * self._size / self.sample_rate
+
+    def push(self, samples: np.ndarray) -> None:
+        """Queue model audio (16 kHz mono float32, any length; 3200 per micro-turn)."""
+        if self.readyState != "live":
+            return
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)  # (n,)
+        if not np.isfinite(x).all():
+            x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+        cap = self.max_samples
+        if x.size > cap:  # more than the whole buffer: only the newest cap samples can survive
+            self.dropped_samples += x.size - cap
+            x = x[-cap:]
+        over = self._size + x.size - cap
+        if over > 0:  # drop the oldest queued audio
+            self._read = (self._read + over) % cap
+            self._size -= over
+            self.dropped_samples += over
+        w = (self._read + self._size) % cap
+        first = min(x.size, cap - w)
+        self._buf[w : w + first] = x[:first]
+        self._buf[: x.size - first] = x[first:]
+        self._size += x.size
+
+    def flush(self) -> int:
+        """Barge-in: drop everything queued; the next frame is silence. Returns samples dropped."""
+        dropped = self._size
+        self._read = self._size = 0
+        self._playing = False
+        self.flushed_samples += dropped
+        self.flushes += 1
+        return dropped
+
+    # consumer side (aiortc's RTP sender) -----------------------------------------------------
+    async def recv(self) -> av.AudioFrame:
+        """Wait for the next 20 ms deadline and return that frame (audio or silence)."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        else:
+            deadline = self._start + self._n * self.frame_s
+            if now < deadline:
+                await asyncio.sleep(deadline - now)
+                if self.readyState != "live":  # stopped while we slept
+                    raise MediaStreamError
+            else:
+                self.late_frames += 1
+                if now - deadline > self.max_late_s:
+                    self._start += now - deadline  # re-anchor: frame n is due now, no backlog burst
+                    self.resyncs += 1
+        frame = float_to_s16_frame(self._next_samples(), self._n * self.frame_samples, self.sample_rate)
+        self._n += 1
+        self.frames_out += 1
+        return frame
+
+    def stop(self) -> None:
+        """End the track (aiortc's sender stops on MediaStreamError) and release the buffer."""
+        super().stop()
+        self._read = self._size = 0
+        self._playing = False
+        self._buf = np.zeros(0, np.float32)
+
+    def _next_samples(self) -> np.ndarray:
+        out = np.zeros(self.frame_samples, np.float32)  # (320,) silence unless audio is queued
+        if not self._playing and self._size > 0 and self._size >= self.target_samples:
+            self._playing = True
+        if not self._playing:
+            self.silence_frames += 1
+            return out
+        take = min(self.frame_samples, self._size)
+        cap = self.max_samples
+        first = min(take, cap - self._read)
+        out[:first] = self._buf[self._read : self._read + first]
+        out[first:take] = self._buf[: take - first]
+        self._read = (self._read + take) % cap
+        self._size -= take
+        if take < self.frame_samples:
+            # ran dry mid-stream: pad this frame and wait for the target depth again
+            self.underruns += 1
+            self._playing = False
+            if take == 0:
+                self.silence_frames += 1
+        return out
