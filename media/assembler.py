@@ -147,6 +147,10 @@ class MicroTurnAssembler:
         else:
             self._far_late_run = 0
 
+        if pos < 0 and self._next_turn == 0 and pos >= -self.reorder_samples:
+            # the first frame to arrive was not the first frame sent: move the origin back to it
+            self._shift_origin(-pos)
+            pos = 0
         if pos != self._max_end and abs(pos - self._max_end) <= self.snap_samples:
             pos = self._max_end
         if pos < floor:
@@ -253,6 +257,25 @@ class MicroTurnAssembler:
             t.audio[off : off + m] = seg
         t.filled[off : off + m] = True
         t.count += n_free
+
+    def _shift_origin(self, d: int) -> None:
+        """Move the origin `d` samples earlier; only before any turn is finalised (small, bounded)."""
+        assert self._origin is not None and not self._ready and self._next_turn == 0
+        T = self.turn_samples
+        n = self._max_end + d
+        audio = np.zeros(n, np.float32)  # (max_end + d,) everything written so far, re-laid
+        filled = np.zeros(n, bool)
+        for k, t in self._open.items():
+            audio[k * T + d : (k + 1) * T + d] = t.audio[: n - k * T - d]
+            filled[k * T + d : (k + 1) * T + d] = t.filled[: n - k * T - d]
+        self._open.clear()
+        for k in range(-(-n // T)):
+            seg, mask = audio[k * T : (k + 1) * T], filled[k * T : (k + 1) * T]
+            t = self._open[k] = _OpenTurn(np.zeros(T, np.float32), np.zeros(T, bool))
+            t.audio[: seg.size], t.filled[: mask.size] = seg, mask
+            t.count = int(mask.sum())
+        self._origin -= d
+        self._max_end = n
 
     def _complete_upto(self) -> int:
         """Smallest turn index >= _next_turn that is not complete yet."""

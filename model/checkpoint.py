@@ -55,10 +55,14 @@ def load_or_random(
     )
 
 
-def save_checkpoint(path: str | Path, model: InteractionModel, tokenizer: Tokenizer) -> Path:
+def save_checkpoint(
+    path: str | Path, model: InteractionModel, tokenizer: Tokenizer, *, dtype: torch.dtype | None = None
+) -> Path:
+    """Write a checkpoint directory. `dtype` (e.g. bfloat16) shrinks a shipped checkpoint;
+    loading casts back to the model's dtype."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(out / WEIGHTS), metadata={"format": str(FORMAT_VERSION)})
     (out / CONFIG).write_text(model.cfg.to_json() + "\n")
     tokenizer.save(out / TOKENIZER)
@@ -103,6 +107,8 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if not (missing or unexpected or wrong):
+        state = {k: v.to(expected[k].dtype) for k, v in state.items()}
     if missing or unexpected or wrong:
         parts = []
         if missing:

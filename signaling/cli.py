@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)
     model_cli.add_info_parser(sub)
+    model_cli.add_train_parser(sub)
     return parser
 
 

@@ -87,3 +87,14 @@ def test_bad_config_is_named(saved: Path) -> None:
 def test_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a checkpoint directory"):
         load_checkpoint(tmp_path / "nope")
+
+
+def test_bf16_export_loads_as_fp32(tmp_path: Path, micro_model: InteractionModel, tokenizer: Tokenizer) -> None:
+    path = save_checkpoint(tmp_path / "bf16", micro_model, tokenizer, dtype=torch.bfloat16)
+    small = (path / "model.safetensors").stat().st_size
+    full = (save_checkpoint(tmp_path / "fp32", micro_model, tokenizer) / "model.safetensors").stat().st_size
+    assert small < 0.6 * full
+    ck = load_checkpoint(path)
+    w = ck.model.state_dict()["text_head.weight"]
+    assert w.dtype == torch.float32
+    assert torch.equal(w, micro_model.state_dict()["text_head.weight"].to(torch.bfloat16).float())

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from model.checkpoint import load_checkpoint
+from model.tokenizer import Tokenizer
+from model.train.dataset import DatasetError, build_example, load_clip
+from model.train.trainer import TrainConfig, Trainer
+from tests.model.conftest import micro_config
+
+SR = 16000
+
+
+def write_clip(root: Path, name: str, seed: int) -> Path:
+    """A 6 s dialogue: user 'tone-speech' then assistant reply, with alignments and events."""
+    rs = np.random.RandomState(seed)
+    n = 6 * SR
+    t = np.arange(n) / SR
+    user, asst = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    f_u, f_a = 180 + 20 * seed, 260 + 15 * seed
+    user[SR : int(2.4 * SR)] = 0.3 * np.sin(2 * np.pi * f_u * t[SR : int(2.4 * SR)])
+    asst[int(3.0 * SR) : int(4.8 * SR)] = 0.3 * np.sin(2 * np.pi * f_a * t[int(3.0 * SR) : int(4.8 * SR)])
+    user += (0.002 * rs.randn(n)).astype(np.float32)
+    wav = root / f"{name}.wav"
+    sf.write(wav, np.stack([asst, user], 1), SR)
+    words = [
+        ["what", [1.0, 1.6], "SPEAKER_USER"],
+        ["time", [1.7, 2.4], "SPEAKER_USER"],
+        ["it", [3.0, 3.4], "SPEAKER_MAIN"],
+        ["is", [3.5, 3.9], "SPEAKER_MAIN"],
+        ["noon", [4.0, 4.8], "SPEAKER_MAIN"],
+    ]
+    (root / f"{name}.json").write_text(json.dumps({"alignments": words}))
+    events = [{"type": "delegate", "time": 2.6, "text": "time"}, {"type": "background_result", "time": 2.9, "text": "12:00"}]
+    (root / f"{name}.events.json").write_text(json.dumps({"scenario": "qa", "events": events}))
+    return wav
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "data" / "train"
+    root.mkdir(parents=True)
+    for i in range(3):
+        write_clip(root, f"clip{i}", i)
+    return tmp_path / "data"
+
+
+def tcfg(**kw: object) -> TrainConfig:
+    base = dict(steps=40, batch_size=2, crop_turns=20, lr=3e-3, warmup=5, log_every=1, ckpt_every=10)
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_example_alignment(data_dir: Path, tokenizer: Tokenizer) -> None:
+    cfg = micro_config(window=1024)
+    clip = load_clip(data_dir / "train" / "clip0.wav")
+    ex = build_example(cfg, tokenizer, clip)
+    P = cfg.positions_per_turn
+    assert ex.n_turns == 6 * 5 - 1
+    text = ex.text_target[0][ex.text_target[0] >= 0]
+    assert text.shape[0] == ex.n_turns * P
+    # <delegate> at 2.6 s: OUT_k covers [0.2(k+1), 0.2(k+2)), so output position (2.6 - 0.2) / 0.05 = 48
+    assert int(text[48]) == tokenizer.delegate_id
+    first_word = tokenizer.encode(" it")[0]
+    assert int(text[round((3.0 - 0.2) / 0.05)]) == first_word
+    # captions come only at or after each user word's end (causal)
+    cap = ex.caption_target[0][ex.caption_target[0] >= 0]
+    first_cap = int(torch.nonzero(cap).min())
+    assert first_cap * 0.05 + 0.05 >= 1.6
+    # the background result sits in IN of turn 14 (2.9 s)
+    streams = ex.positions.stream[0]
+    assert int((streams == 4).sum()) == 1 + len(tokenizer.encode("12:00"))
+
+
+def test_training_lowers_losses_and_resume_continues_the_curve(
+    data_dir: Path, tmp_path: Path, tokenizer: Tokenizer
+) -> None:
+    torch.manual_seed(0)
+    # balance weighted up so its trend is visible over 40 steps
+    cfg = micro_config(window=1024, loss_weights={"text": 1.0, "caption": 1.0, "flow": 1.0, "balance": 0.5})
+    full = Trainer(cfg, tcfg(), data_dir, tmp_path / "full", tokenizer=tokenizer).run(progress=False)
+    for key in ("text", "caption", "flow", "balance", "total"):
+        first = np.mean([h[key] for h in full[:5]])
+        last = np.mean([h[key] for h in full[-5:]])
+        assert last < first, (key, first, last)
+
+    half = Trainer(cfg, tcfg(), data_dir, tmp_path / "resumed", tokenizer=tokenizer)
+    half.run(steps=20, progress=False)
+    resumed = Trainer(cfg, tcfg(), data_dir, tmp_path / "resumed", tokenizer=tokenizer)
+    assert resumed.try_resume() and resumed.step == 20
+    hist = resumed.run(progress=False)
+    assert [h["step"] for h in hist] == list(range(1, 41))
+    for a, b in zip(full[20:], hist[20:], strict=True):
+        assert a["total"] == pytest.approx(b["total"], rel=1e-4, abs=1e-5)
+
+    out = tmp_path / "resumed"
+    assert (out / "loss.png").stat().st_size > 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 40
+    ck = load_checkpoint(out / "checkpoint")
+    assert torch.equal(ck.model.state_dict()["norm.weight"], resumed.model.state_dict()["norm.weight"])
+
+
+def test_fine_tune_from_checkpoint(data_dir: Path, tmp_path: Path, tokenizer: Tokenizer) -> None:
+    cfg = micro_config(window=1024)
+    Trainer(cfg, tcfg(steps=3), data_dir, tmp_path / "base", tokenizer=tokenizer).run(progress=False)
+    ft = Trainer(cfg, tcfg(steps=2), data_dir, tmp_path / "ft", init=tmp_path / "base" / "checkpoint")
+    before = {k: v.clone() for k, v in ft.model.state_dict().items()}
+    base = load_checkpoint(tmp_path / "base" / "checkpoint").model.state_dict()
+    assert all(torch.equal(before[k], base[k]) for k in base)
+    ft.run(progress=False)
+    assert not torch.equal(ft.model.state_dict()["text_head.weight"], before["text_head.weight"])
+
+
+def test_bad_data_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="no .wav clips"):
+        Trainer(micro_config(), tcfg(), tmp_path, tmp_path / "out")
+    (tmp_path / "x.wav").write_bytes(b"not audio")
+    with pytest.raises(DatasetError, match=r"x\.wav: unreadable"):
+        load_clip(tmp_path / "x.wav")
