@@ -14,7 +14,8 @@ Failure handling, each with a counter (every buffer here is bounded):
   `gap_samples`);
 - reordering: a turn is held open until the stream has run `reorder_samples` past its end
   (or it is completely filled, which needs no wait), so a late-but-in-window frame still lands
-  at its pts;
+  at its pts; if the very first frames arrive out of order, the origin moves back to the
+  earliest one (before any turn is out) instead of dropping the call's first packet;
 - duplicates / very late frames: anything at or before an already-finalised turn is dropped
   (`dropped_late`, `late_samples`); overlaps inside an open turn keep the first copy
   (`duplicate_samples`);

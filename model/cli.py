@@ -11,7 +11,7 @@ from model.checkpoint import CheckpointError, load_config
 from model.config import ConfigError, ModelConfig, count_params, get_preset
 
 
-def add_info_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_info_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="print a preset's or checkpoint's config and parameter counts")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="tiny, small or tml-small")
@@ -37,7 +37,7 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from model.train.trainer import TrainConfig
 
     d = TrainConfig()

@@ -47,6 +47,7 @@ class InputEmbedding(nn.Module):
         self.time = Linear(cfg.time_embed_dim, cfg.d_model)
         self.vision = HMLP(cfg)
         # table offset of each (frame, channel): bins index into their own 16-row table
+        self.dmel_offset: torch.Tensor
         self.register_buffer("dmel_offset", torch.arange(F_ * M).view(F_, M) * Q, persistent=False)
         for emb in (self.dmel, self.text, self.stream):
             nn.init.normal_(emb.weight, std=0.02)

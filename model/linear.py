@@ -9,6 +9,8 @@ copy). The parameters are those of nn.Linear, so checkpoints do not care about t
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +35,13 @@ def rowwise_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None =
     return out.reshape(*lead, w.shape[1])
 
 
+@runtime_checkable
+class MoELike(Protocol):
+    """Any module with its own batch-invariant path (model/moe.py:MoE)."""
+
+    batch_invariant: bool
+
+
 class Linear(nn.Linear):
     batch_invariant: bool = False
 
@@ -45,5 +54,5 @@ class Linear(nn.Linear):
 def set_batch_invariant(module: nn.Module, enabled: bool) -> None:
     """Switch every batch-aware submodule of `module` (Linear, MoE) to batch-invariant mode."""
     for m in module.modules():
-        if hasattr(m, "batch_invariant"):
+        if isinstance(m, Linear | MoELike):
             m.batch_invariant = enabled

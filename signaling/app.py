@@ -8,6 +8,7 @@ cleanup, whichever way the process stops.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -46,7 +47,7 @@ def create_app(settings: Settings) -> web.Application:
     return app
 
 
-async def _runtime(app: web.Application) -> object:
+async def _runtime(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     loop = asyncio.get_running_loop()
     ckpt = await loop.run_in_executor(None, load_or_random, settings.checkpoint, settings.preset)

@@ -9,7 +9,7 @@ from pathlib import Path
 from model import cli as model_cli
 
 
-def add_serve_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run edge + engine + worker in one process (embedded defaults)")
     p.add_argument("--host", help="listen address (MICROTURN_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (MICROTURN_PORT, default 8080)")

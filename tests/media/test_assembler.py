@@ -4,6 +4,7 @@ and a consumer that falls behind; every sample accounted for."""
 from __future__ import annotations
 
 import fractions
+import itertools
 import random
 
 import av
@@ -48,7 +49,7 @@ def timeline(msgs: list[MicroTurnInput], n_turns: int) -> np.ndarray:
 
 def assert_increasing(msgs: list[MicroTurnInput]) -> None:
     turns = [m.turn for m in msgs]
-    assert all(b > a for a, b in zip(turns, turns[1:], strict=False)), turns
+    assert all(b > a for a, b in itertools.pairwise(turns)), turns
 
 
 def test_in_order_stream_gives_exact_turns() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fractions
+import itertools
 
 import av
 import numpy as np
@@ -40,7 +41,7 @@ def run(r: Resampler, frames: list[av.AudioFrame], flush: bool = True) -> list[A
 
 
 def assert_contiguous(chunks: list[AudioChunk]) -> None:
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         assert b.pts == a.pts + a.samples.size
 
 
@@ -88,6 +89,7 @@ def test_any_rate_layout_format(rate: int, layout: str, fmt: str) -> None:
     chunks: list[AudioChunk] = []
     for i in range(0, rate - n + 1, n):
         seg = np.repeat(x[i : i + n, None], ch, axis=1)  # (n, ch)
+        arr: np.ndarray
         if fmt == "fltp":
             arr = np.ascontiguousarray(seg.T, dtype=np.float32)  # planar (ch, n)
         elif fmt == "flt":

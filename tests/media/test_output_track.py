@@ -1,0 +1,168 @@
+"""OutputAudioTrack: absolute-deadline pacing, continuous pts, playout buffer behaviour.
+
+These check pacing *correctness* with generous tolerances (a loaded CI box wakes late by a
+millisecond or two), not speed. Only the first test runs for the full 5 s the issue asks for;
+the others need a handful of frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+
+import numpy as np
+import pytest
+from aiortc.mediastreams import MediaStreamError
+
+from media.output_track import OutputAudioTrack
+
+RATE = 16_000
+FRAME = 320
+TURN = 3200
+
+
+def ramp(n: int, start: int = 0) -> np.ndarray:
+    """Distinct, s16-exact values so order and continuity are checkable after quantisation."""
+    return ((((np.arange(start, start + n) % 2000) + 1) * 8) / 32767).astype(np.float32)  # (n,)
+
+
+def pcm(frame: object) -> np.ndarray:
+    return frame.to_ndarray().reshape(-1).astype(np.int32)  # type: ignore[attr-defined]
+
+
+async def test_pacing_5s_no_drift_continuous_pts_and_audio() -> None:
+    track = OutputAudioTrack()
+    n_frames = 250  # 5 s
+    total = n_frames * FRAME
+    turns = total // TURN
+
+    async def producer() -> None:
+        # the model: one 200 ms turn per 200 ms, on its own absolute schedule, one turn ahead
+        t0 = time.monotonic()
+        for k in range(turns):
+            track.push(ramp(TURN, k * TURN))
+            await asyncio.sleep(max(0.0, t0 + k * 0.2 - time.monotonic()))
+
+    task = asyncio.create_task(producer())
+    await asyncio.sleep(0)  # first two turns queued before playout starts
+    times, frames = [], []
+    for _ in range(n_frames):
+        f = await track.recv()
+        times.append(time.monotonic())
+        frames.append(f)
+    await task
+
+    t = np.array(times)
+    iv = np.diff(t) * 1000  # ms
+    drift_ms = (t[-1] - (t[0] + (n_frames - 1) * 0.020)) * 1000
+    print(
+        f"\npacing over {n_frames} frames: mean {iv.mean():.3f} ms, std {iv.std():.3f} ms, "
+        f"min {iv.min():.2f} ms, max {iv.max():.2f} ms, final drift {drift_ms:+.2f} ms, "
+        f"late_frames {track.late_frames}, resyncs {track.resyncs}"
+    )
+    assert iv.mean() == pytest.approx(20.0, abs=0.5)
+    assert abs(drift_ms) < 15  # absolute deadlines: error does not accumulate over 250 frames
+    assert np.percentile(iv, 90) < 25
+
+    assert [f.pts for f in frames] == [i * FRAME for i in range(n_frames)]  # each = previous + samples
+    for f in frames:
+        assert (f.samples, f.sample_rate, f.format.name, f.layout.name) == (FRAME, RATE, "s16", "mono")
+        assert f.time_base == fractions.Fraction(1, RATE)
+    # what was pushed is what was played, in order, with no hole
+    played = np.concatenate([pcm(f) for f in frames])
+    np.testing.assert_array_equal(played, np.rint(ramp(total) * 32767).astype(np.int32))
+    assert track.underruns == 0 and track.silence_frames == 0 and track.dropped_samples == 0
+    track.stop()
+
+
+async def test_silence_when_empty_then_underrun_counted() -> None:
+    track = OutputAudioTrack()
+    for _ in range(3):
+        assert not pcm(await track.recv()).any()
+    assert track.silence_frames == 3 and track.underruns == 0  # idle is not an underrun
+
+    track.push(ramp(TURN))
+    got = [pcm(await track.recv()) for _ in range(11)]
+    assert all(g.any() for g in got[:10]) and not got[10].any()
+    assert track.underruns == 1 and track.silence_frames == 4
+    track.stop()
+
+
+async def test_prebuffer_waits_for_target_depth() -> None:
+    track = OutputAudioTrack(target_ms=100)
+    track.push(ramp(FRAME * 2))  # 40 ms < 100 ms target
+    assert not pcm(await track.recv()).any()
+    track.push(ramp(FRAME * 3, FRAME * 2))  # now 100 ms queued
+    np.testing.assert_array_equal(pcm(await track.recv()), np.rint(ramp(FRAME) * 32767))
+    track.stop()
+
+
+async def test_flush_drops_queued_audio_immediately() -> None:
+    track = OutputAudioTrack()
+    track.push(ramp(RATE))  # 1 s
+    assert pcm(await track.recv()).any()
+    assert pcm(await track.recv()).any()
+    assert track.flush() == RATE - 2 * FRAME
+    assert track.depth_samples == 0 and track.flushed_samples == RATE - 2 * FRAME
+    f = await track.recv()
+    assert not pcm(f).any() and f.pts == 2 * FRAME  # silence, pts still continuous
+    track.push(ramp(TURN, 5000))  # the next answer plays right away
+    np.testing.assert_array_equal(pcm(await track.recv()), np.rint(ramp(FRAME, 5000) * 32767))
+    track.stop()
+
+
+async def test_overflow_drops_oldest_with_counter() -> None:
+    track = OutputAudioTrack(max_ms=1000)
+    for k in range(8):  # 1.6 s into a 1 s buffer
+        track.push(ramp(2000, k * 2000))
+    assert track.depth_samples == RATE
+    assert track.dropped_samples == 8 * 2000 - RATE
+    np.testing.assert_array_equal(pcm(await track.recv()), np.rint(ramp(FRAME, 8 * 2000 - RATE) * 32767))
+    track.push(ramp(3 * RATE))  # one push larger than the whole buffer keeps only its newest second
+    assert track.depth_samples == RATE
+    np.testing.assert_array_equal(pcm(await track.recv()), np.rint(ramp(FRAME, 2 * RATE) * 32767))
+    track.stop()
+
+
+async def test_late_recv_catches_up_without_bursting_a_backlog() -> None:
+    track = OutputAudioTrack(max_late_ms=60)
+    await track.recv()
+    await track.recv()
+    time.sleep(0.045)  # the loop was blocked for ~2 frames: catch up, keep the original schedule
+    t0 = time.monotonic()
+    for _ in range(3):
+        await track.recv()
+    assert time.monotonic() - t0 < 0.035  # two immediate frames then back on the grid
+    assert track.resyncs == 0 and track.late_frames >= 1
+
+    time.sleep(0.3)  # blocked for 15 frames: re-anchor instead of bursting 15 frames
+    t1 = time.monotonic()
+    f = await track.recv()
+    assert time.monotonic() - t1 < 0.01
+    stamps = []
+    for _ in range(3):
+        f2 = await track.recv()
+        stamps.append(time.monotonic())
+        assert f2.pts is not None and f.pts is not None and f2.pts == f.pts + FRAME
+        f = f2
+    gaps = np.diff([t1, *stamps])
+    assert track.resyncs == 1
+    assert (gaps > 0.012).all()  # paced again right away, no burst
+    track.stop()
+
+
+async def test_stop_ends_the_track() -> None:
+    track = OutputAudioTrack()
+    track.push(ramp(TURN))
+    await track.recv()
+    pending = asyncio.create_task(track.recv())  # sleeping towards its deadline
+    await asyncio.sleep(0.005)
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await pending
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+    assert track.readyState == "ended" and track.depth_samples == 0
+    track.push(ramp(TURN))  # ignored after stop
+    assert track.depth_samples == 0
