@@ -183,7 +183,7 @@ class MicroTurnAssembler:
             raise ValueError(f"video frame must be uint8 {FRAME_SHAPE}, got {f.dtype} {f.shape}")
         if self._video is not None:
             self.video_replaced += 1
-        self._video = f
+        self._video = f.copy()  # the caller may reuse its buffer; 57 KB at <= 1 fps
 
     def push_text(self, text: str) -> None:
         """Queue typed text for the next emitted turn; beyond `max_text_chars` the oldest goes."""

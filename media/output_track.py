@@ -8,17 +8,18 @@ Decisions:
 
 - Absolute-deadline pacing: frame n is due at `start + n * 20 ms` on the monotonic clock, and
   `recv()` sleeps until that deadline. Sleeping a relative 20 ms per frame would add every
-  wake-up delay to the schedule (drift of ~1 ms per frame, seconds per call); deadlines
+  wake-up delay (0.1-1 ms) to the schedule, tens of seconds per hour of call; deadlines
   computed from n never accumulate error. (aiortc's own `AudioStreamTrack` uses `time.time()`,
   which jumps with NTP; we use `time.monotonic()`.)
 - When `recv()` is called late (the loop was busy), frames are returned at once until the
   schedule is caught up, but never more than `max_late_ms` of them: beyond that the schedule is
   re-anchored at "now" (`resyncs`) rather than bursting a backlog the receiver would have to
-  absorb. pts stay continuous either way.
+  absorb. pts stay continuous either way. Queued audio is kept across a re-anchor (the stall
+  adds its length to the playout latency, which `max_ms` bounds).
 - pts count samples (`time_base = 1/16000`) and advance by exactly one frame (320) per frame,
   silence included, so RTP timestamps never jump.
-- Frames stay 16 kHz mono s16; aiortc's encoder resamples to its codec rate (see
-  `media.resampler`).
+- Frames stay 16 kHz s16, dual-mono stereo by default; aiortc's encoder resamples to its codec
+  rate (see `media.resampler` for why not 48 kHz, and why not mono: -3 dB through Opus).
 - Prebuffer/target: playout (re)starts only once `target_ms` of audio is queued (default one
   micro-turn, i.e. the first chunk starts playback immediately); after running dry it waits
   for the target again instead of stuttering frame by frame. Beyond `max_ms` the oldest audio
@@ -55,10 +56,14 @@ class OutputAudioTrack(MediaStreamTrack):
         target_ms: int = 200,
         max_ms: int = 1000,
         max_late_ms: int = 60,
+        layout: str = "stereo",
     ) -> None:
         super().__init__()
         if not 0 < frame_ms <= max_ms or target_ms < 0:
             raise ValueError("need 0 < frame_ms <= max_ms and target_ms >= 0")
+        if layout not in ("mono", "stereo"):
+            raise ValueError(f"layout must be 'mono' or 'stereo', got {layout!r}")
+        self.layout = layout
         self.sample_rate = sample_rate
         self.frame_samples = sample_rate * frame_ms // 1000  # 320 at 16 kHz
         self.frame_s = self.frame_samples / sample_rate  # exact frame period in seconds
@@ -145,7 +150,7 @@ class OutputAudioTrack(MediaStreamTrack):
                 if now - deadline > self.max_late_s:
                     self._start += now - deadline  # re-anchor: frame n is due now, no backlog burst
                     self.resyncs += 1
-        frame = float_to_s16_frame(self._next_samples(), self._n * self.frame_samples, self.sample_rate)
+        frame = float_to_s16_frame(self._next_samples(), self._n * self.frame_samples, self.sample_rate, self.layout)
         self._n += 1
         self.frames_out += 1
         return frame

@@ -17,26 +17,32 @@ class PtsUnwrapper:
     """
 
     def __init__(self, bits: int = 32) -> None:
+        self._bits = bits
         self._modulus = 1 << bits
         self._half = 1 << (bits - 1)
         self._last_raw: int | None = None
         self._last: int = 0
-        self.wraps = 0  # times the raw counter wrapped forwards (for logs/metrics)
+        self._first: int = 0
+        self._max: int = 0
 
     def unwrap(self, pts: int) -> int:
         """Return the unwrapped value of `pts`; the first value passes through unchanged."""
         if self._last_raw is None:
             self._last_raw = pts
-            self._last = pts
+            self._last = self._first = self._max = pts
             return pts
         delta = (pts - self._last_raw) % self._modulus
         if delta >= self._half:
             delta -= self._modulus  # a (small) step backwards: reordering, not a wrap
-        elif pts < self._last_raw:
-            self.wraps += 1
         self._last_raw = pts
         self._last += delta
+        self._max = max(self._max, self._last)
         return self._last
+
+    @property
+    def wraps(self) -> int:
+        """How many times the raw counter has wrapped since the first value (for logs/metrics)."""
+        return (self._max >> self._bits) - (self._first >> self._bits)
 
     def reset(self) -> None:
         """Forget the history: the next value passes through unchanged."""

@@ -25,11 +25,15 @@ Decisions:
   resampler instead would glue the pre-gap tail onto the post-gap audio, misplacing it by the
   gap length. The cost is a filter edge (a few samples) at each real discontinuity.
 
-Outbound, we do **not** resample to 48 kHz here: `OutputAudioTrack` sends 16 kHz mono s16
-frames (`float_to_s16_frame`) and lets aiortc's encoder resample once to its codec rate.
-aiortc's `OpusEncoder` and `PcmEncoder` each own an `AudioResampler` to 48 kHz stereo / 8 kHz
-mono anyway, so converting to 48 kHz first would make a PCMU call resample twice
-(16 -> 48 -> 8 kHz) and move 6x the bytes per frame through the sender's executor hop.
+Outbound, we do **not** resample to 48 kHz here: `OutputAudioTrack` sends 16 kHz s16 frames
+(`float_to_s16_frame`) and lets aiortc's encoder resample once to its codec rate. aiortc's
+`OpusEncoder` and `PcmEncoder` each own an `AudioResampler` to 48 kHz stereo / 8 kHz mono
+anyway, so converting to 48 kHz first would make a PCMU call resample twice (16 -> 48 -> 8 kHz)
+and move 3x the bytes per frame through the sender's executor hop. The frames are dual-mono
+*stereo*, not mono: swresample upmixes mono to stereo at -3 dB per channel, so mono frames
+come out of aiortc's Opus path 3 dB quieter (measured: RMS 0.250 for 0.354 in), while stereo
+frames keep the level through Opus and, because s16 downmix is renormalised, through PCMU too
+(tests/media/test_assembler.py round-trips both codecs).
 """
 
 from __future__ import annotations
@@ -162,15 +166,20 @@ class Resampler:
         return [chunk]
 
 
-def float_to_s16_frame(samples: np.ndarray, pts: int, rate: int = MODEL_RATE) -> av.AudioFrame:
-    """Pack mono float32 in [-1, 1] into an s16 mono `av.AudioFrame` (what aiortc's encoders take).
+def float_to_s16_frame(samples: np.ndarray, pts: int, rate: int = MODEL_RATE, layout: str = "stereo") -> av.AudioFrame:
+    """Pack mono float32 in [-1, 1] into a packed s16 `av.AudioFrame` (what aiortc's encoders take).
 
     The frame keeps `rate` (16 kHz for model audio): aiortc's Opus/PCM encoders resample to
-    their codec rate themselves (see module doc).
+    their codec rate themselves. `layout="stereo"` duplicates the channel (dual-mono), which
+    keeps the level through aiortc's Opus encoder; mono loses 3 dB there (see module doc).
     """
+    if layout not in ("mono", "stereo"):
+        raise ValueError(f"layout must be 'mono' or 'stereo', got {layout!r}")
     x = np.asarray(samples, dtype=np.float32).reshape(-1)  # (n,)
     pcm = np.rint(np.clip(x, -1.0, 1.0) * 32767.0).astype(np.int16)  # (n,) s16
-    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")  # packed (1, n)
+    if layout == "stereo":
+        pcm = np.repeat(pcm, 2)  # (2n,) interleaved L R L R
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout=layout)  # packed (1, n*ch)
     frame.sample_rate = rate
     frame.pts = pts
     frame.time_base = fractions.Fraction(1, rate)

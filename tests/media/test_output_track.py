@@ -11,6 +11,7 @@ import asyncio
 import fractions
 import time
 
+import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
@@ -27,8 +28,11 @@ def ramp(n: int, start: int = 0) -> np.ndarray:
     return ((((np.arange(start, start + n) % 2000) + 1) * 8) / 32767).astype(np.float32)  # (n,)
 
 
-def pcm(frame: object) -> np.ndarray:
-    return frame.to_ndarray().reshape(-1).astype(np.int32)  # type: ignore[attr-defined]
+def pcm(frame: av.AudioFrame) -> np.ndarray:
+    """The frame's samples, (320,) int32; dual-mono stereo frames must carry the same in L and R."""
+    inter = frame.to_ndarray().reshape(-1, 2).astype(np.int32)  # (320, 2) L R
+    np.testing.assert_array_equal(inter[:, 0], inter[:, 1])
+    return inter[:, 0]
 
 
 async def test_pacing_5s_no_drift_continuous_pts_and_audio() -> None:
@@ -67,7 +71,7 @@ async def test_pacing_5s_no_drift_continuous_pts_and_audio() -> None:
 
     assert [f.pts for f in frames] == [i * FRAME for i in range(n_frames)]  # each = previous + samples
     for f in frames:
-        assert (f.samples, f.sample_rate, f.format.name, f.layout.name) == (FRAME, RATE, "s16", "mono")
+        assert (f.samples, f.sample_rate, f.format.name, f.layout.name) == (FRAME, RATE, "s16", "stereo")
         assert f.time_base == fractions.Fraction(1, RATE)
     # what was pushed is what was played, in order, with no hole
     played = np.concatenate([pcm(f) for f in frames])

@@ -11,7 +11,6 @@ import pytest
 from aiortc.codecs.g711 import PcmuEncoder
 from aiortc.codecs.opus import OpusEncoder
 
-from media.pts_unwrapper import PtsUnwrapper
 from media.resampler import AudioChunk, Resampler, float_to_s16_frame
 
 RATE = 16_000
@@ -136,23 +135,16 @@ def test_format_change_recreates_resampler_and_keeps_the_clock() -> None:
     assert sum(c.samples.size for c in chunks) == 6400
 
 
-def test_pts_unwrapper() -> None:
-    u = PtsUnwrapper()
-    raw = [2**32 - 1920, 2**32 - 960, 0, 960, 0, 1920]  # wrap, then a reordered frame
-    assert [u.unwrap(p) for p in raw] == [2**32 - 1920, 2**32 - 960, 2**32, 2**32 + 960, 2**32, 2**32 + 1920]
-    assert u.wraps == 1
-
-
 def test_output_frames_are_what_aiortc_encoders_take() -> None:
-    """Outbound decision: 16 kHz mono s16 frames; aiortc's Opus/PCMU encoders resample themselves."""
+    """Outbound decision: 16 kHz dual-mono s16 frames; aiortc's Opus/PCMU encoders resample themselves."""
     x = sine(440.0, RATE, 320 * 10).astype(np.float32)
     opus, pcmu = OpusEncoder(), PcmuEncoder()
     n_opus = n_pcmu = 0
     for i in range(10):
         f = float_to_s16_frame(x[i * 320 : (i + 1) * 320], pts=i * 320)
-        assert (f.format.name, f.layout.name, f.sample_rate, f.samples, f.pts) == ("s16", "mono", RATE, 320, i * 320)
+        assert (f.format.name, f.layout.name, f.sample_rate, f.samples, f.pts) == ("s16", "stereo", RATE, 320, i * 320)
         assert f.time_base == fractions.Fraction(1, RATE)
-        back = f.to_ndarray().reshape(-1) / 32767
+        back = f.to_ndarray().reshape(-1, 2)[:, 0] / 32767  # dual-mono: L == R
         assert np.abs(back - x[i * 320 : (i + 1) * 320]).max() < 1e-4
         n_opus += len(opus.encode(f)[0])
         n_pcmu += sum(len(p) for p in pcmu.encode(f)[0])

@@ -1,0 +1,179 @@
+"""Run a system over an FD-bench root: each clip's input.wav in, time-aligned output.wav out.
+
+The unit that varies between systems is a `Responder`: given a clip's input audio (16 kHz) it
+returns output audio of the same length, time aligned (sample i was produced while input
+sample i was being heard), plus timed words. `run_responder` does the layout work around it
+(read, resample, write `<stem>.wav`/`<stem>.json`, progress). Implemented responders:
+
+- `ModelResponder` (offline): the interaction model stepped directly, 200 ms at a time.
+- `HarnessBaseline` (model/eval/baselines.py): VAD endpointing + fixed-length speech.
+
+A live runner (an aiortc client streaming the clip in real time to a running server and
+recording what comes back) is another Responder: stream `inp.audio` at 1x, record the
+remote track into a buffer of the same length, return the words from the server's text
+channel. Nothing else here changes.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from infra.messages import MicroTurnInput
+from model.checkpoint import Checkpoint
+from model.eval.layout import MODEL_STEM, SAMPLE_RATE, Clip, discover, read_audio_16k, write_output
+from model.eval.vad import DEFAULT_VAD, VadConfig, speech_segments
+from model.eval.words import TimedToken, Word, group_words, snap_to_speech
+from model.interaction import InteractionModel
+from model.session import InteractionSession
+from model.tokenizer import Tokenizer
+
+
+@dataclass
+class ClipInput:
+    clip: Clip
+    audio: np.ndarray  # mono float32, 16 kHz
+    text: str = ""  # typed user text delivered with the first micro-turn (the TimeSpeak request)
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+@dataclass
+class Response:
+    audio: np.ndarray  # mono float32, 16 kHz, len(inp.audio) samples, time aligned
+    words: list[Word]
+    info: dict[str, Any] = field(default_factory=dict)  # counts for the report (words, voiced words, ...)
+
+
+class Responder(Protocol):
+    """A system under test. `stem` names its output files (`output` = FD-bench's name)."""
+
+    name: str
+    stem: str
+
+    def respond(self, inp: ClipInput) -> Response: ...
+
+
+@dataclass
+class ClipRun:
+    clip: Clip
+    seconds: float  # audio duration
+    elapsed: float  # wall time spent
+    info: dict[str, Any]
+
+
+def clip_request(clip: Clip) -> str:
+    """Typed text the system gets with the clip: the TimeSpeak request, else nothing."""
+    if clip.kind == "timespeak":
+        return str(clip.meta().get("request", ""))
+    return ""
+
+
+def run_responder(
+    responder: Responder,
+    root: str | Path,
+    tasks: list[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[ClipRun]:
+    """Run `responder` on every clip; writes `<stem>.wav` + `<stem>.json` beside each input."""
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    clips = discover(root, tasks)
+    runs = []
+    for i, clip in enumerate(clips, 1):
+        audio, _, _ = read_audio_16k(clip.input_wav)
+        inp = ClipInput(clip, audio, clip_request(clip))
+        t0 = time.perf_counter()
+        resp = responder.respond(inp)
+        elapsed = time.perf_counter() - t0
+        if len(resp.audio) != len(audio):
+            raise RuntimeError(f"{responder.name}: returned {len(resp.audio)} samples for {len(audio)} of input")
+        write_output(clip, resp.audio, resp.words, responder.stem)
+        run = ClipRun(clip, inp.duration, elapsed, {"words": len(resp.words), **resp.info})
+        runs.append(run)
+        voiced = f" ({resp.info['voiced_words']} voiced)" if "voiced_words" in resp.info else ""
+        log(
+            f"[{responder.name}] {i}/{len(clips)} {clip.task}/{clip.clip_id}: {inp.duration:.1f} s in "
+            f"{elapsed:.1f} s ({elapsed / max(inp.duration, 1e-9):.2f}x real time), {len(resp.words)} words{voiced}"
+        )
+    return runs
+
+
+class ModelResponder:
+    """The interaction model stepped directly over 200 ms chunks (offline, faster or slower
+    than real time, but causally identical to serving).
+
+    Alignment: micro-turn k hears input [k*0.2, (k+1)*0.2) s; its output is what the model
+    plays during turn k+1, so its 3200 samples go to [(k+1)*3200, (k+2)*3200); the first turn
+    of output is silence and whatever runs past the clip end is dropped (so the last chunk,
+    whose output would land entirely past the end, is not stepped). The last input chunk is
+    zero-padded. Text position j of turn k is played at (k+1)*0.2 + j*0.05 s.
+    """
+
+    stem = MODEL_STEM
+
+    def __init__(
+        self,
+        model: InteractionModel,
+        tokenizer: Tokenizer,
+        seed: int = 0,
+        vad: VadConfig = DEFAULT_VAD,
+        name: str = "interaction model",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.vad = vad
+        self.name = name
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, seed: int = 0) -> ModelResponder:
+        return cls(checkpoint.model, checkpoint.tokenizer, seed=seed)
+
+    def respond(self, inp: ClipInput) -> Response:
+        cfg = self.model.cfg
+        T = cfg.turn_samples
+        turn_s = cfg.micro_turn_ms / 1000
+        pos_s = cfg.position_ms / 1000
+        n = len(inp.audio)
+        duration = n / SAMPLE_RATE
+        session = InteractionSession(self.model, self.tokenizer, seed=self.seed, session_id=inp.clip.clip_id)
+        out = np.zeros(n, dtype=np.float32)
+        tokens: list[TimedToken] = []
+        n_turns = math.ceil(n / T)
+        for k in range(n_turns):
+            lo = (k + 1) * T  # where this turn's output plays
+            if lo >= n:
+                break
+            chunk = np.zeros(T, dtype=np.float32)
+            piece = inp.audio[k * T : (k + 1) * T]
+            chunk[: len(piece)] = piece
+            o = session.step(MicroTurnInput.from_arrays(chunk, text=inp.text if k == 0 else "", turn=k))
+            hi = min(n, lo + T)
+            out[lo:hi] = o.audio_array()[: hi - lo]
+            for j, tok in enumerate(o.text_tokens):
+                t = (k + 1) * turn_s + j * pos_s
+                if t < duration:
+                    tokens.append(TimedToken(tok, t))
+        words = [Word(w.text, w.start, min(w.end, duration)) for w in group_words(tokens, self.tokenizer, pos_s)]
+        snapped = snap_to_speech(words, speech_segments(out, self.vad))
+        return Response(out, snapped.words, {"voiced_words": snapped.n_voiced, "turns": n_turns})
+
+
+def run_offline(
+    checkpoint: Checkpoint,
+    root: str | Path,
+    tasks: list[str] | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> list[ClipRun]:
+    """The interaction model on every clip of `root`: writes output.wav + output.json."""
+    return run_responder(ModelResponder.from_checkpoint(checkpoint, seed), root, tasks, log)
