@@ -36,8 +36,8 @@ def rowwise_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None =
 
 
 @runtime_checkable
-class MoELike(Protocol):
-    """Any module with its own batch-invariant path (model/moe.py:MoE)."""
+class BatchInvariant(Protocol):
+    """Any module with its own batch-invariant path (MoE, RMSNorm)."""
 
     batch_invariant: bool
 
@@ -52,7 +52,7 @@ class Linear(nn.Linear):
 
 
 def set_batch_invariant(module: nn.Module, enabled: bool) -> None:
-    """Switch every batch-aware submodule of `module` (Linear, MoE) to batch-invariant mode."""
+    """Switch every batch-aware submodule of `module` (Linear, MoE, RMSNorm) to batch-invariant mode."""
     for m in module.modules():
-        if isinstance(m, Linear | MoELike):
+        if isinstance(m, Linear | BatchInvariant):
             m.batch_invariant = enabled

@@ -145,3 +145,13 @@ def _fields(inp: MicroTurnInput) -> dict[str, object]:
 
 def _as(inp: MicroTurnInput, session_id: str) -> MicroTurnInput:
     return MicroTurnInput(**{**_fields(inp), "session_id": session_id})  # type: ignore[arg-type]
+
+
+@pytest.mark.cuda
+def test_deterministic_on_cuda_uses_triton_and_is_batch_invariant(tokenizer: Tokenizer) -> None:
+    model = make_model(True).cuda()
+    engine = Engine(model, tokenizer, max_sessions=N_SESSIONS)
+    alone = {f"s{i}": run_alone(engine, i) for i in range(N_SESSIONS)}
+    shuffled = run_together(engine, 99)
+    for sid, outs in alone.items():
+        assert [key(o) for o in outs] == [key(o) for o in shuffled[sid]], sid

@@ -1,0 +1,100 @@
+"""`microturn eval`: run the interaction model (and the harness baseline) over an FD-bench root
+and write the report.
+
+    microturn eval --root DIR [--checkpoint DIR | --preset tiny] [--tasks T ...] [--out REPORT_DIR]
+                   [--baseline/--no-baseline] [--seed N] [--silence-ms 600] [--barge-in/--no-barge-in]
+                   [--score-only]
+
+Outputs land beside each input (output.wav/.json for the model, output_baseline.* for the
+baseline); the report goes to --out (default ROOT/eval_report). --score-only scores outputs
+already on disk (e.g. written by a live runner or another model's inference script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from model.eval.layout import BASELINE_STEM, MODEL_STEM, LayoutError, discover
+
+
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("eval", help="Full-Duplex-Bench v1 metrics for the model and a harness baseline")
+    p.add_argument("--root", required=True, type=Path, help="FD-bench layout: ROOT/<task>/<clip_id>/input.wav")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, help="checkpoint directory")
+    src.add_argument("--preset", default="tiny", help="random weights of this preset when no checkpoint (default tiny)")
+    p.add_argument("--tasks", nargs="+", help="task directories to run (default: all under ROOT)")
+    p.add_argument("--out", type=Path, help="report directory (default ROOT/eval_report)")
+    p.add_argument(
+        "--baseline", action=argparse.BooleanOptionalAction, default=True, help="also run the harness baseline"
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the model session")
+    p.add_argument("--silence-ms", type=float, default=600.0, help="baseline endpoint silence (500-700 typical)")
+    p.add_argument(
+        "--barge-in", action=argparse.BooleanOptionalAction, default=True, help="baseline stops when talked over"
+    )
+    p.add_argument("--score-only", action="store_true", help="score existing outputs; run nothing")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from model.checkpoint import CheckpointError, load_or_random
+    from model.config import ConfigError
+    from model.eval.baselines import HarnessBaseline, HarnessConfig
+    from model.eval.report import write_report
+    from model.eval.runner import ClipRun, run_offline, run_responder
+    from model.eval.scoring import SystemScores, score_system
+    from model.eval.vad import DEFAULT_VAD
+
+    def fail(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    try:
+        clips = discover(args.root, args.tasks)
+    except LayoutError as e:
+        return fail(str(e))
+    if args.checkpoint is not None and not args.checkpoint.exists():
+        return fail(f"{args.checkpoint}: no such checkpoint directory")
+    try:
+        harness = HarnessConfig(silence_ms=args.silence_ms, barge_in=args.barge_in)
+    except ValueError as e:
+        return fail(str(e))
+    n_tasks = len({c.task for c in clips})
+    print(f"eval: {len(clips)} clips in {n_tasks} tasks under {args.root}", file=sys.stderr)
+
+    runs: dict[str, list[ClipRun]] = {}
+    meta: dict[str, object] = {"root": str(args.root), "tasks": ", ".join(sorted({c.task for c in clips}))}
+    model_name, baseline_name = "interaction model", "harness baseline"
+    try:
+        if not args.score_only:
+            try:
+                ck = load_or_random(args.checkpoint, args.preset, seed=args.seed)
+            except (CheckpointError, ConfigError) as e:
+                return fail(str(e))
+            meta["model"] = ck.source + ("" if ck.trained else " (RANDOM WEIGHTS: numbers are meaningless)")
+            runs[model_name] = run_offline(ck, args.root, args.tasks, seed=args.seed)
+            if args.baseline:
+                runs[baseline_name] = run_responder(HarnessBaseline(harness, baseline_name), args.root, args.tasks)
+        else:
+            meta["model"] = "scored from existing output.wav/output.json"
+        meta["seed"] = args.seed
+        meta["vad"] = (
+            f"energy, {DEFAULT_VAD.frame_ms:g} ms frames, {DEFAULT_VAD.threshold_dbfs:g} dBFS, "
+            f"hangover {DEFAULT_VAD.hangover_ms:g} ms, min segment {DEFAULT_VAD.min_segment_ms:g} ms"
+        )
+        if args.baseline:
+            meta["harness baseline"] = (
+                f"endpoint after {harness.silence_ms:g} ms silence, {harness.reply_s:g} s reply, "
+                f"barge-in {'on (' + format(harness.barge_in_ms, 'g') + ' ms)' if harness.barge_in else 'off'}"
+            )
+        systems: list[SystemScores] = [score_system(args.root, MODEL_STEM, model_name, args.tasks)]
+        if args.baseline:
+            systems.append(score_system(args.root, BASELINE_STEM, baseline_name, args.tasks))
+    except LayoutError as e:
+        return fail(str(e))
+    paths = write_report(args.out or Path(args.root) / "eval_report", systems, meta, runs)
+    print(f"report: {paths.markdown} ({paths.json.name}, {paths.plot.name})", file=sys.stderr)
+    return 0
