@@ -164,7 +164,7 @@ def step_batch(
     step_ms = (time.perf_counter() - t_start) * 1000
     outputs = []
     turn_mel = torch.cat(mels, dim=1)  # (B, frames_per_turn, M)
-    audio_out = push_batch([s.vocoder for s in states], turn_mel).numpy().astype("<f4")  # (B, turn_samples)
+    audio_out = push_batch([s.vocoder for s in states], turn_mel).clamp(-1, 1).numpy().astype("<f4")  # (B, samples)
     for b, s in enumerate(states):
         audio = audio_out[b]
         if s.trace is not None:

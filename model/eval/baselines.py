@@ -13,7 +13,8 @@ default (interruptions allowed), stops when the VAD has heard the user for `barg
 (default 200 ms, a VAD "speech started" decision). Default: barge-in on.
 
 The decisions are made causally, frame by frame (20 ms VAD frames), at the end of each frame:
-a streaming VAD decides once it has the frame. Outputs go to `output_baseline.wav` /
+a streaming VAD decides once it has the frame (with `vad.adaptive_margin_db` set, the noise
+floor is estimated over the whole clip, the one non-causal input). Outputs go to `output_baseline.wav` /
 `output_baseline.json` beside FD-bench's `output.*` (see model/eval/layout.py).
 """
 

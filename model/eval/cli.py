@@ -3,7 +3,7 @@ and write the report.
 
     microturn eval --root DIR [--checkpoint DIR | --preset tiny] [--tasks T ...] [--out REPORT_DIR]
                    [--baseline/--no-baseline] [--seed N] [--silence-ms 600] [--barge-in/--no-barge-in]
-                   [--score-only]
+                   [--vad-threshold DBFS] [--vad-adaptive MARGIN_DB] [--score-only]
 
 Outputs land beside each input (output.wav/.json for the model, output_baseline.* for the
 baseline); the report goes to --out (default ROOT/eval_report). --score-only scores outputs
@@ -13,13 +13,14 @@ already on disk (e.g. written by a live runner or another model's inference scri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from model.eval.layout import BASELINE_STEM, MODEL_STEM, LayoutError, discover
 
 
-def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="Full-Duplex-Bench v1 metrics for the model and a harness baseline")
     p.add_argument("--root", required=True, type=Path, help="FD-bench layout: ROOT/<task>/<clip_id>/input.wav")
     src = p.add_mutually_exclusive_group()
@@ -35,6 +36,14 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument(
         "--barge-in", action=argparse.BooleanOptionalAction, default=True, help="baseline stops when talked over"
     )
+    p.add_argument("--vad-threshold", type=float, default=-40.0, help="energy VAD threshold, dBFS (default -40)")
+    p.add_argument(
+        "--vad-adaptive",
+        type=float,
+        metavar="MARGIN_DB",
+        help="baseline endpointing on noisy input: VAD threshold = input noise floor + MARGIN_DB (e.g. 10); "
+        "output scoring always uses the fixed threshold (a system that talks throughout has no noise floor)",
+    )
     p.add_argument("--score-only", action="store_true", help="score existing outputs; run nothing")
     p.set_defaults(func=run_eval)
 
@@ -46,7 +55,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from model.eval.report import write_report
     from model.eval.runner import ClipRun, run_offline, run_responder
     from model.eval.scoring import SystemScores, score_system
-    from model.eval.vad import DEFAULT_VAD
+    from model.eval.vad import VadConfig
 
     def fail(msg: str) -> int:
         print(f"error: {msg}", file=sys.stderr)
@@ -58,8 +67,10 @@ def run_eval(args: argparse.Namespace) -> int:
         return fail(str(e))
     if args.checkpoint is not None and not args.checkpoint.exists():
         return fail(f"{args.checkpoint}: no such checkpoint directory")
+    vad = VadConfig(threshold_dbfs=args.vad_threshold)
     try:
-        harness = HarnessConfig(silence_ms=args.silence_ms, barge_in=args.barge_in)
+        input_vad = dataclasses.replace(vad, adaptive_margin_db=args.vad_adaptive)
+        harness = HarnessConfig(silence_ms=args.silence_ms, barge_in=args.barge_in, vad=input_vad)
     except ValueError as e:
         return fail(str(e))
     n_tasks = len({c.task for c in clips})
@@ -75,24 +86,25 @@ def run_eval(args: argparse.Namespace) -> int:
             except (CheckpointError, ConfigError) as e:
                 return fail(str(e))
             meta["model"] = ck.source + ("" if ck.trained else " (RANDOM WEIGHTS: numbers are meaningless)")
-            runs[model_name] = run_offline(ck, args.root, args.tasks, seed=args.seed)
+            runs[model_name] = run_offline(ck, args.root, args.tasks, seed=args.seed, vad=vad)
             if args.baseline:
                 runs[baseline_name] = run_responder(HarnessBaseline(harness, baseline_name), args.root, args.tasks)
         else:
             meta["model"] = "scored from existing output.wav/output.json"
         meta["seed"] = args.seed
         meta["vad"] = (
-            f"energy, {DEFAULT_VAD.frame_ms:g} ms frames, {DEFAULT_VAD.threshold_dbfs:g} dBFS, "
-            f"hangover {DEFAULT_VAD.hangover_ms:g} ms, min segment {DEFAULT_VAD.min_segment_ms:g} ms"
+            f"energy, {vad.frame_ms:g} ms frames, {vad.threshold_dbfs:g} dBFS, "
+            f"hangover {vad.hangover_ms:g} ms, min segment {vad.min_segment_ms:g} ms"
         )
         if args.baseline:
             meta["harness baseline"] = (
                 f"endpoint after {harness.silence_ms:g} ms silence, {harness.reply_s:g} s reply, "
                 f"barge-in {'on (' + format(harness.barge_in_ms, 'g') + ' ms)' if harness.barge_in else 'off'}"
+                + ("" if args.vad_adaptive is None else f", input VAD at noise floor + {args.vad_adaptive:g} dB")
             )
-        systems: list[SystemScores] = [score_system(args.root, MODEL_STEM, model_name, args.tasks)]
+        systems: list[SystemScores] = [score_system(args.root, MODEL_STEM, model_name, args.tasks, vad)]
         if args.baseline:
-            systems.append(score_system(args.root, BASELINE_STEM, baseline_name, args.tasks))
+            systems.append(score_system(args.root, BASELINE_STEM, baseline_name, args.tasks, vad))
     except LayoutError as e:
         return fail(str(e))
     paths = write_report(args.out or Path(args.root) / "eval_report", systems, meta, runs)

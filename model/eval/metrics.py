@@ -60,6 +60,7 @@ class TurnScore:
     latency: float | None = None  # clamped at 0; None unless tor == 1 (and a reference time exists)
     reply: str = ""  # the words scored (FD-bench rates them with an LLM judge; we report them)
     stop_latency: float | None = None  # user interruption only, see `stop_latency`
+    upstream_latency: float | None = None  # user interruption only, see `user_interruption`
 
 
 def pause_handling(words: Sequence[Word]) -> TurnScore:
@@ -79,11 +80,24 @@ def user_interruption(
 ) -> TurnScore:
     """TOR and latency on the words starting at or after the interruption start; latency from
     the interruption end (`interrupt.json[0].timestamp[1]`), clamped at 0. `segments` (output
-    speech) adds the stop latency."""
+    speech) adds the stop latency.
+
+    Also, for comparison, `upstream_latency`: upstream transcribes only the output after the
+    interruption *end*, so a word still being said when the user barges in (which the
+    fdbench.md rule scores as latency 0) does not count there; None unless those words are a
+    take-over."""
     after = [w for w in words if w.start >= interrupt_start]
     tor = take_over(after)
     latency = max(0.0, after[0].start - interrupt_end) if tor else None
-    return TurnScore(tor=tor, latency=latency, reply=_text(after), stop_latency=stop_latency(segments, interrupt_start))
+    after_end = [w for w in words if w.start >= interrupt_end]
+    upstream = after_end[0].start - interrupt_end if take_over(after_end) else None
+    return TurnScore(
+        tor=tor,
+        latency=latency,
+        reply=_text(after),
+        stop_latency=stop_latency(segments, interrupt_start),
+        upstream_latency=upstream,
+    )
 
 
 def stop_latency(segments: Sequence[Segment], interrupt_start: float) -> float | None:
@@ -259,6 +273,7 @@ def summarize_turns(task: str, kind: str, scores: Sequence[TurnScore]) -> TaskSu
         stops = [s.stop_latency for s in scores if s.stop_latency is not None]
         out.stop_latencies = stops
         out.metrics["stop_latency_s"] = mean(stops)
+        out.metrics["latency_upstream_s"] = mean([s.upstream_latency for s in scores])
     return out
 
 

@@ -9,7 +9,7 @@ that is the largest difference from FD-bench's pipeline.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ _LABELS = {
     "tor": "TOR",
     "latency_s": "latency (s)",
     "stop_latency_s": "stop latency (s), ours",
+    "latency_upstream_s": "latency (s) on words after the interruption end (upstream's crop)",
     "backchannels_per_s": "backchannels / s",
     "jsd": "JSD",
     "score": "TimeSpeak score, ours",
@@ -54,6 +55,7 @@ _DIRECTION = {
     ("user_interruption", "tor"): "higher is better",
     ("user_interruption", "latency_s"): "lower is better",
     ("user_interruption", "stop_latency_s"): "lower is better",
+    ("user_interruption", "latency_upstream_s"): "lower is better",
     ("backchannel", "tor"): "lower is better",
     ("backchannel", "jsd"): "lower is better",
     ("timespeak", "score"): "higher is better",
@@ -68,7 +70,8 @@ NOTES = [
     "Speech segments (backchannel, stop latency, TimeSpeak, word timing) come from an energy VAD "
     "(model/eval/vad.py), not Silero as in FD-bench.",
     "User interruption: scored on words starting at or after the interruption start, latency from its "
-    "end (fdbench.md); upstream transcribes only the audio after the interruption end. Relevance (an "
+    "end (fdbench.md), so a word still being said when the user barges in counts as latency 0; upstream "
+    "transcribes only the audio after the interruption end, shown in its own row. Relevance (an "
     "LLM judge upstream) is not rated; the reply text is listed instead. Stop latency (ours): how long "
     "the system kept talking after the interruption started, over clips where it was talking then.",
     "Backchannel: a clip's TOR is 1 if any output segment is a take-over (fdbench.md); upstream keeps "
@@ -117,7 +120,7 @@ def run_stats(runs: Sequence[ClipRun]) -> dict[str, Any]:
 
 
 def build_report(
-    systems: Sequence[SystemScores], meta: dict[str, Any], runs: dict[str, Sequence[ClipRun]] | None = None
+    systems: Sequence[SystemScores], meta: dict[str, Any], runs: Mapping[str, Sequence[ClipRun]] | None = None
 ) -> dict[str, Any]:
     """The json report (also the source of the markdown)."""
     tasks: dict[str, str] = {}
@@ -228,7 +231,7 @@ def plot_latencies(systems: Sequence[SystemScores], path: Path) -> None:
         for i, d in enumerate(data, 1):
             if d:
                 ax.boxplot([d], positions=[i], widths=0.5, showfliers=False)
-                ax.scatter(i + rs.uniform(-0.12, 0.12, len(d)), d, s=14, alpha=0.7)
+                ax.scatter(i + rs.uniform(-0.12, 0.12, len(d)), d, s=14, alpha=0.7, color=f"C{i - 1}")
             else:
                 ax.text(i, 0.5, "no data", ha="center", va="center", fontsize=8, transform=ax.get_xaxis_transform())
         ax.set_xticks(range(1, len(systems) + 1), [s.name for s in systems], fontsize=8)
@@ -245,7 +248,7 @@ def write_report(
     out_dir: str | Path,
     systems: Sequence[SystemScores],
     meta: dict[str, Any],
-    runs: dict[str, Sequence[ClipRun]] | None = None,
+    runs: Mapping[str, Sequence[ClipRun]] | None = None,
 ) -> ReportPaths:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

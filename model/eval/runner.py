@@ -135,8 +135,8 @@ class ModelResponder:
         self.name = name
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, seed: int = 0) -> ModelResponder:
-        return cls(checkpoint.model, checkpoint.tokenizer, seed=seed)
+    def from_checkpoint(cls, checkpoint: Checkpoint, seed: int = 0, vad: VadConfig = DEFAULT_VAD) -> ModelResponder:
+        return cls(checkpoint.model, checkpoint.tokenizer, seed=seed, vad=vad)
 
     def respond(self, inp: ClipInput) -> Response:
         cfg = self.model.cfg
@@ -174,6 +174,7 @@ def run_offline(
     tasks: list[str] | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    vad: VadConfig = DEFAULT_VAD,
 ) -> list[ClipRun]:
     """The interaction model on every clip of `root`: writes output.wav + output.json."""
-    return run_responder(ModelResponder.from_checkpoint(checkpoint, seed), root, tasks, log)
+    return run_responder(ModelResponder.from_checkpoint(checkpoint, seed, vad), root, tasks, log)

@@ -103,6 +103,7 @@ def score_clip(clip: Clip, stem: str, vad: VadConfig = DEFAULT_VAD) -> tuple[Any
     row.update(tor=score.tor, latency=score.latency, reply=score.reply)
     if clip.kind == "user_interruption":
         row["stop_latency"] = score.stop_latency
+        row["latency_upstream"] = score.upstream_latency
     return score, row
 
 

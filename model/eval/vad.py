@@ -80,7 +80,8 @@ def segments_from_frames(
     runs: list[list[int]] = []  # [first_frame, last_frame] inclusive
     gap_frames = cfg.hangover_ms / 1000 / frame_s
     for i in np.flatnonzero(voiced):
-        if runs and (i - runs[-1][1] - 1) < gap_frames:
+        gap = i - runs[-1][1] - 1 if runs else -1  # unvoiced frames since the last voiced one
+        if runs and (gap == 0 or gap < gap_frames - 1e-9):
             runs[-1][1] = int(i)
         else:
             runs.append([int(i), int(i)])

@@ -10,12 +10,13 @@ so the words come from the model's inner-monologue text stream instead:
    (`<pad>`, `<eot>`, ...) are skipped and never split a word. A word's token span is
    [time of its first token, time of its last token + 0.05).
 3. Each word is then timed by the audio it was spoken in (`snap_to_speech`): the VAD speech
-   segment of output.wav that overlaps its token span (the span is extended by `lead_s`,
-   because training places a word's text at its start, slightly ahead of the sound). The
-   first word in a segment starts at the segment start, the last ends at the segment end,
-   inner words keep their token times clamped into the segment. A word with no overlapping
-   speech keeps its token times and is counted as unvoiced (the report shows the count:
-   ASR would not have heard it).
+   segment of output.wav that overlaps its token span most (the span is extended by `lead_s`,
+   because training places a word's text at its start, slightly ahead of the sound). The words
+   of one segment keep their token spacing, shifted so that the first starts with the segment
+   when the text led the sound (sound that began before any text is not attributed to a
+   word), clamped into the segment; the last one ends with the segment. A word with no
+   overlapping speech keeps its token times and is counted as unvoiced (the report shows the
+   count: ASR would not have heard it).
 """
 
 from __future__ import annotations
@@ -89,19 +90,23 @@ def snap_to_speech(words: Sequence[Word], segments: Sequence[Segment], lead_s: f
             if overlap > best_overlap:
                 best, best_overlap = i, overlap
         seg_of.append(best)
-    out: list[Word] = []
-    for n, (w, si) in enumerate(zip(words, seg_of, strict=True)):
-        if si is None:
-            out.append(w)
-            continue
-        s, e = segments[si]
-        first = n == 0 or seg_of[n - 1] != si
-        last = n == len(words) - 1 or seg_of[n + 1] != si
-        start = s if first else min(max(w.start, s), e)
-        end = e if last else min(max(w.end, start), e)
-        if out and out[-1].end > start and seg_of[n - 1] == si:
-            start = out[-1].end
-        out.append(Word(w.text, round(start, 6), round(max(end, start), 6)))
+    out = list(words)
+    n = 0
+    while n < len(words):
+        si = seg_of[n]
+        m = n + 1
+        while m < len(words) and seg_of[m] == si:
+            m += 1
+        if si is not None:  # words[n:m] were spoken in segment si
+            s, e = segments[si]
+            shift = max(0.0, s - words[n].start)  # the text led the sound
+            prev_end = s
+            for i in range(n, m):
+                start = min(max(words[i].start + shift, prev_end), e)
+                end = e if i == m - 1 else min(max(words[i].end + shift, start), e)
+                out[i] = Word(words[i].text, round(start, 6), round(end, 6))
+                prev_end = end
+        n = m
     return SnappedWords(out, [si is not None for si in seg_of])
 
 
