@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from model import cli as model_cli
+from model.eval.cli import add_eval_parser
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +21,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Edge + engine (worker thread) + in-process bus in one process, on uvloop when available.
+
+    SIGINT and SIGTERM both stop it cleanly: aiohttp stops accepting, every call is closed
+    (the peer is told why, its engine slot released), then the worker and the bus stop.
+    """
+    import logging
+
     from aiohttp import web
     from pydantic import ValidationError
 
@@ -44,13 +52,17 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"error: invalid settings:\n{e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_json)
+    if settings.log_level != "debug":
+        # aioice logs every ICE candidate-pair check at INFO: several lines per call setup
+        for name in ("aioice", "aiortc"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # optional: the asyncio loop works, only slower
         pass
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, shutdown_timeout=10)
     return 0
 
 
@@ -60,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     model_cli.add_info_parser(sub)
     model_cli.add_train_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 
