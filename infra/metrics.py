@@ -14,3 +14,30 @@ ACTIVE_SESSIONS = Gauge("microturn_active_sessions", "Sessions open on this work
 GAP_STEPS = Counter("microturn_gap_steps_total", "Turns stepped with zero-filled input because input was late")
 STALE_INPUTS = Counter("microturn_stale_inputs_total", "Inputs dropped because their turn was already stepped")
 BEHIND = Counter("microturn_worker_behind_total", "Steps that took longer than one micro-turn")
+
+# --- edge (signaling/) ---------------------------------------------------------------------
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+CALLS_ACTIVE = Gauge("microturn_calls_active", "Calls held by this edge (setting up or connected)")
+CALLS_STARTED = Counter("microturn_calls_started_total", "Calls answered with 201")
+CALLS_ENDED = Counter("microturn_calls_ended_total", "Calls torn down, by reason", ["reason"])
+HTTP_REJECTED = Counter("microturn_http_rejected_total", "API requests answered with an error", ["code"])
+TURN_LATENCY = Histogram(
+    "microturn_turn_latency_seconds",
+    "Last input sample of a micro-turn in -> first output sample of that turn handed to the output track",
+    buckets=_LATENCY_BUCKETS,
+)
+EDGE_ADDED_LATENCY = Histogram(
+    "microturn_edge_added_latency_seconds",
+    "Turn latency minus the model step time: what the edge, bus and worker scheduling add",
+    buckets=_LATENCY_BUCKETS,
+)
+PLAYOUT_UNDERRUNS = Counter("microturn_playout_underruns_total", "Output track ran dry while playing")
+PLAYOUT_DROPPED_SAMPLES = Counter(
+    "microturn_playout_dropped_samples_total", "Model audio dropped because the playout buffer was full"
+)
+INPUT_TURNS_DROPPED = Counter(
+    "microturn_input_turns_dropped_total", "Assembled input turns dropped because the edge fell behind"
+)
+INPUT_GAP_TURNS = Counter("microturn_input_gap_turns_total", "Input turns with zero-filled (lost) audio")
+EVENTS_DROPPED = Counter("microturn_events_dropped_total", "Server events not sent, by reason", ["reason"])
+CLIENT_EVENT_ERRORS = Counter("microturn_client_event_errors_total", "Rejected client events, by code", ["code"])

@@ -6,12 +6,13 @@ pydantic-settings sits at this external boundary only; inside, code passes plain
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny"
+DEFAULT_WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 class Settings(BaseSettings):
@@ -28,3 +29,40 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
     redis_url: str | None = None
+
+    # --- edge (signaling/) -------------------------------------------------------------------
+    # The call page (web/): index.html at `/`, everything else under /static/.
+    web_dir: Path = DEFAULT_WEB_DIR
+    # Anonymous pages may mint session tokens (POST /v1/sessions); off = an API key is required.
+    allow_anonymous: bool = True
+    # Server-to-server API keys, comma-separated in the environment (MICROTURN_API_KEYS=k1,k2).
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # HMAC key for session tokens; unset = a random key per process (tokens die with a restart).
+    token_secret: SecretStr | None = None
+    token_ttl_s: int = Field(300, ge=10)
+    # Largest SDP offer body (a browser offer with audio, video and data is 4-8 KB).
+    max_sdp_bytes: int = Field(32_768, ge=1024)
+    # Largest client data-channel event (UTF-8 bytes); bigger ones get an error event.
+    max_event_bytes: int = Field(4096, ge=64)
+    # Anonymous/token clients: concurrent calls and session/call creations per minute each.
+    max_calls_per_client: int = Field(4, ge=1)
+    rate_limit_per_min: int = Field(30, ge=1)
+    # A call whose media never connects is torn down after connect_timeout_s; one that sends
+    # no media and no data-channel message for idle_timeout_s (a client that vanished) too.
+    connect_timeout_s: float = Field(20.0, gt=0)
+    idle_timeout_s: float = Field(30.0, gt=0)
+    max_call_s: float = Field(4 * 3600.0, gt=0)
+    # STUN/TURN URLs for the server's ICE agent, comma-separated; empty = host candidates only
+    # (aiortc would otherwise ask stun.l.google.com on every call).
+    ice_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    ice_username: str | None = None
+    ice_credential: SecretStr | None = None
+    # Camera frames the model sees per second (<= one per 200 ms micro-turn).
+    video_fps: float = Field(1.0, gt=0, le=5)
+
+    @field_validator("api_keys", "ice_servers", mode="before")
+    @classmethod
+    def _split_commas(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v

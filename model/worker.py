@@ -41,8 +41,9 @@ class WorkerSettings:
     late_ms: float = 120.0
     # after the first input wakes the loop, wait this long for other sessions' inputs to join
     gather_ms: float = 5.0
-    # inputs held per session ahead of the turn being stepped (a flooding client cannot grow memory)
-    max_pending: int = 16
+    # inputs held per session ahead of the turn being stepped: when the engine falls behind, the
+    # oldest are dropped (and gap-stepped) so a call stays current instead of drifting seconds late
+    max_pending: int = 3
 
 
 @dataclass

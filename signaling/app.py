@@ -1,15 +1,16 @@
-"""The aiohttp application: health, readiness, metrics, and the engine behind them.
+"""The aiohttp application: the call API, the call page, health, readiness and metrics.
 
-This is the seam the WebRTC edge (POST /v1/calls, the call page) plugs into: the app owns
-one in-process bus, one engine and its worker thread, started on startup and released on
-cleanup, whichever way the process stops.
+The app owns one in-process bus, one engine with its worker thread, and the table of calls,
+all started on startup and released on cleanup whichever way the process stops. Shutdown
+order matters: calls are closed first (each releases its peer connection and engine slot,
+and the peer hears why), then the worker stops, then the bus closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,37 +21,48 @@ from infra.settings import Settings
 from model.checkpoint import Checkpoint, load_or_random
 from model.engine import Engine
 from model.worker import Worker, WorkerSettings
+from signaling.auth import Authenticator, RateLimiter
+from signaling.background import BackgroundAgent
+from signaling.registry import CallRegistry
+from signaling.routes import add_routes, json_errors
+from signaling.runtime import BACKGROUND, CHECKPOINT, RUNTIME, SETTINGS, Runtime
+
+__all__ = ["RUNTIME", "SETTINGS", "Runtime", "create_app"]
 
 log = get_logger(__name__)
 
 
-@dataclass
-class Runtime:
-    checkpoint: Checkpoint
-    engine: Engine
-    bus: MemoryBus
-    worker: Worker
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
-SETTINGS = web.AppKey("settings", Settings)
-
-
-def create_app(settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+def create_app(
+    settings: Settings, *, background: BackgroundAgent | None = None, checkpoint: Checkpoint | None = None
+) -> web.Application:
+    """`background`: the agent delegations go to (signaling/background.py); None = not wired.
+    `checkpoint`: an already loaded model to serve instead of loading `settings.checkpoint`
+    (tests and embedders that start many apps in one process)."""
+    app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors])
     app[SETTINGS] = settings
+    if checkpoint is not None:
+        app[CHECKPOINT] = checkpoint
+    if background is not None:
+        app[BACKGROUND] = background
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    add_routes(app)
+    web_dir = Path(settings.web_dir)
+    if web_dir.is_dir():
+        app.router.add_static("/static", web_dir, follow_symlinks=False)
     app.cleanup_ctx.append(_runtime)
+    app.on_shutdown.append(_close_calls)
     return app
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     loop = asyncio.get_running_loop()
-    ckpt = await loop.run_in_executor(None, load_or_random, settings.checkpoint, settings.preset)
+    ckpt = app.get(CHECKPOINT)
+    if ckpt is None:
+        ckpt = await loop.run_in_executor(None, load_or_random, settings.checkpoint, settings.preset)
     if not ckpt.trained:
         log.warning(
             "model.random_weights",
@@ -65,17 +77,46 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     bus = MemoryBus()
     worker = Worker(engine, bus, WorkerSettings())
     await worker.start()
-    app[RUNTIME] = Runtime(checkpoint=ckpt, engine=engine, bus=bus, worker=worker)
-    log.info("serve.ready", max_sessions=settings.max_sessions, preset=ckpt.config.name)
+    secret = settings.token_secret.get_secret_value().encode() if settings.token_secret else None
+    rt = Runtime(
+        checkpoint=ckpt,
+        engine=engine,
+        bus=bus,
+        worker=worker,
+        calls=CallRegistry(),
+        auth=Authenticator(settings.api_keys, secret, settings.token_ttl_s),
+        limiter=RateLimiter(settings.rate_limit_per_min),
+        background=app.get(BACKGROUND),
+    )
+    app[RUNTIME] = rt
+    log.info(
+        "serve.ready",
+        max_sessions=settings.max_sessions,
+        preset=ckpt.config.name,
+        loop=type(loop).__module__.split(".")[0],  # "uvloop" under `microturn serve`
+    )
     try:
         yield
     finally:
-        await worker.stop()
-        await bus.close()
-        log.info("serve.stopped")
+        try:
+            await rt.calls.close_all("server_shutdown")  # normally already done in on_shutdown
+        finally:
+            await worker.stop()
+            await bus.close()
+            log.info("serve.stopped")
 
 
-async def index(request: web.Request) -> web.Response:
+async def _close_calls(app: web.Application) -> None:
+    rt = app.get(RUNTIME)
+    if rt is not None:
+        await rt.calls.close_all("server_shutdown")
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """The call page from web/; a plain status page when it is not there."""
+    page = Path(request.app[SETTINGS].web_dir) / "index.html"
+    if page.is_file():
+        return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
     rt = request.app[RUNTIME]
     stats = rt.engine.stats()
     warning = "" if rt.checkpoint.trained else "<p><strong>Random weights: no trained checkpoint loaded.</strong></p>"
@@ -96,13 +137,15 @@ async def readyz(request: web.Request) -> web.Response:
     if rt is None:
         return web.json_response({"status": "starting"}, status=503)
     stats = rt.engine.stats()
+    ready = stats.free > 0 and rt.calls.accepting
     body = {
-        "status": "ready" if stats.free else "full",
+        "status": "ready" if ready else ("full" if rt.calls.accepting else "stopping"),
         "sessions": stats.active,
         "max_sessions": stats.max_sessions,
+        "calls": len(rt.calls),
         "trained": rt.checkpoint.trained,
     }
-    return web.json_response(body, status=200 if stats.free else 503)
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -1,0 +1,254 @@
+"""The call API: WHIP-style SDP exchange plus a JSON flavour for the page.
+
+    POST   /v1/sessions    -> 201 {"token", "expires_in"}           (anonymous or API key)
+    POST   /v1/calls       offer (application/sdp | JSON {sdp, type}) -> 201 answer + Location
+    PATCH  /v1/calls/{id}  application/trickle-ice-sdpfrag -> 204     (ICE restart -> 422)
+    DELETE /v1/calls/{id}  -> 204
+
+Every error under /v1/ is JSON `{"error": {"code", "message"}}` with the status saying what
+kind (400 bad input, 401 credentials, 404 no such call, 413 too big, 415 wrong type, 422 ICE
+restart, 429 limits, 503 engine full or shutting down), so a page or gateway can show the
+message as is. Cheap checks run before expensive ones: credentials and limits before the body
+is read, the body's size before it is parsed, the SDP before a slot is reserved, the slot
+before ICE gathering.
+"""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from infra import metrics
+from infra.logging import get_logger
+from model.engine import CapacityError
+from signaling.auth import AuthError, Principal
+from signaling.call import Call, CallClosedError, CallDeps, IceRestartError, OfferError
+from signaling.runtime import RUNTIME, SETTINGS, Runtime
+
+log = get_logger(__name__)
+
+SDP = "application/sdp"
+JSON = "application/json"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+def json_error(status: int, code: str, message: str, *, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type"}
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """ApiError -> JSON; under /v1/ aiohttp's own errors and crashes become JSON too."""
+    try:
+        return await handler(request)
+    except ApiError as e:
+        metrics.HTTP_REJECTED.labels(str(e.status)).inc()
+        return json_error(e.status, e.code, e.message, retry_after=e.retry_after)
+    except web.HTTPException as e:
+        if not request.path.startswith("/v1/") or e.status < 400:
+            raise
+        metrics.HTTP_REJECTED.labels(str(e.status)).inc()
+        return json_error(e.status, _HTTP_CODES.get(e.status, "http_error"), e.reason)
+    except Exception:
+        if not request.path.startswith("/v1/"):
+            raise
+        log.exception("http.internal_error", path=request.path, method=request.method)
+        metrics.HTTP_REJECTED.labels("500").inc()
+        return json_error(500, "internal_error", "the server failed to handle this request")
+
+
+# helpers ---------------------------------------------------------------------------------------
+def _authenticate(request: web.Request, rt: Runtime) -> Principal:
+    try:
+        return rt.auth.authenticate(request.headers.get("Authorization"))
+    except AuthError as e:
+        raise ApiError(401, "unauthorized", str(e)) from None
+
+
+def _rate_limit(rt: Runtime, client_id: str) -> None:
+    if not rt.limiter.allow(client_id):
+        wait = rt.limiter.retry_after(client_id)
+        raise ApiError(429, "rate_limited", f"too many requests; retry in {wait} s", retry_after=wait)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, refusing (413) anything over `limit` bytes without buffering it."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, "too_large", f"body is {request.content_length} bytes; the limit is {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(16 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _runtime(request: web.Request) -> Runtime:
+    rt = request.app.get(RUNTIME)
+    if rt is None:
+        raise ApiError(503, "starting", "the server is starting", retry_after=2)
+    return rt
+
+
+class _OfferBody(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    sdp: str
+    type: str
+
+
+# POST /v1/sessions -------------------------------------------------------------------------------
+async def create_session(request: web.Request) -> web.Response:
+    """Mint a short-lived session token for the page (anonymous when allowed, else by API key)."""
+    rt = _runtime(request)
+    settings = request.app[SETTINGS]
+    if request.headers.get("Authorization"):
+        principal = _authenticate(request, rt)
+        if principal.kind != "api_key":
+            raise ApiError(401, "unauthorized", "session tokens are minted anonymously or with an API key")
+        # each token minted by an integrator is its own client for the per-client limits
+        subject = f"{principal.client_id}/{Call.new_id()[:12]}"
+    elif settings.allow_anonymous:
+        subject = f"anon:{request.remote or 'unknown'}"
+        _rate_limit(rt, subject)
+    else:
+        raise ApiError(401, "unauthorized", "anonymous access is off: Authorization: Bearer <API key> required")
+    return web.json_response({"token": rt.auth.mint(subject), "expires_in": rt.auth.ttl_s}, status=201)
+
+
+# POST /v1/calls ----------------------------------------------------------------------------------
+async def create_call(request: web.Request) -> web.Response:
+    rt = _runtime(request)
+    settings = request.app[SETTINGS]
+    principal = _authenticate(request, rt)
+    if not rt.calls.accepting:
+        raise ApiError(503, "shutting_down", "the server is shutting down", retry_after=5)
+    if principal.limited:
+        _rate_limit(rt, principal.client_id)
+
+    ctype = request.content_type
+    if ctype not in (SDP, JSON):
+        raise ApiError(415, "unsupported_media_type", f"send the offer as {SDP} or {JSON}, not {ctype or 'nothing'}")
+    body = await _read_body(request, settings.max_sdp_bytes)
+    if ctype == SDP:
+        try:
+            offer = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "bad_sdp", "SDP must be UTF-8 text") from None
+    else:
+        try:
+            parsed = _OfferBody.model_validate(json.loads(body))
+        except (ValueError, RecursionError) as e:  # includes ValidationError
+            detail = "; ".join(err["msg"] for err in e.errors()) if isinstance(e, ValidationError) else str(e)
+            expected = 'expected JSON {"sdp": str, "type": "offer"}'
+            raise ApiError(400, "bad_request", f"{expected}: {detail[:200]}") from None
+        if parsed.type != "offer":
+            raise ApiError(400, "bad_request", f'type must be "offer", not {parsed.type[:32]!r}')
+        offer = parsed.sdp
+
+    if principal.limited and rt.calls.count_for(principal.client_id) >= settings.max_calls_per_client:
+        raise ApiError(
+            429,
+            "too_many_calls",
+            f"this client already has {settings.max_calls_per_client} calls (the per-client limit)",
+            retry_after=10,
+        )
+    stats = rt.engine.stats()
+    if stats.free <= 0:  # fast path; open_session() below is the authoritative check
+        raise _engine_full(stats.max_sessions)
+
+    deps = CallDeps(
+        bus=rt.bus,
+        worker=rt.worker,
+        settings=settings,
+        model_name=rt.checkpoint.config.name,
+        trained=rt.checkpoint.trained,
+        on_closed=rt.calls.remove,
+        background=rt.background,
+    )
+    call = Call(Call.new_id(), principal, deps)
+    rt.calls.add(call)
+    try:
+        await call.apply_offer(offer)
+        await call.open_session()
+        answer = await call.answer()
+        call.start()
+    except OfferError as e:
+        await call.close("bad_offer")
+        raise ApiError(400, "bad_sdp", str(e)[:300]) from None
+    except CapacityError as e:
+        await call.close("engine_full")
+        raise _engine_full(e.max_sessions) from None
+    except CallClosedError as e:  # shutdown (or the peer) ended it mid-setup
+        await call.close("setup_failed")
+        raise ApiError(503, "call_closed", str(e), retry_after=5) from None
+    except BaseException:
+        await call.close("setup_failed")
+        raise
+    metrics.CALLS_STARTED.inc()
+    location = f"/v1/calls/{call.id}"
+    if ctype == SDP:
+        return web.Response(status=201, text=answer, content_type=SDP, headers={"Location": location})
+    return web.json_response(
+        {"sdp": answer, "type": "answer", "call_id": call.id}, status=201, headers={"Location": location}
+    )
+
+
+def _engine_full(max_sessions: int) -> ApiError:
+    return ApiError(503, "engine_full", f"all {max_sessions} session slots in use; try again later", retry_after=5)
+
+
+# PATCH / DELETE /v1/calls/{id} -------------------------------------------------------------------
+def _call(request: web.Request, rt: Runtime) -> Call:
+    call = rt.calls.get(request.match_info["call_id"])
+    if call is None:
+        raise ApiError(404, "not_found", "no such call (it ended or never existed)")
+    return call
+
+
+async def patch_call(request: web.Request) -> web.Response:
+    """Trickle ICE (RFC 8840 fragment). The call id is the capability: no token needed."""
+    rt = _runtime(request)
+    call = _call(request, rt)
+    if request.content_type != SDPFRAG:
+        raise ApiError(415, "unsupported_media_type", f"send candidates as {SDPFRAG}")
+    body = await _read_body(request, request.app[SETTINGS].max_sdp_bytes)
+    try:
+        await call.add_ice(body.decode("utf-8"))
+    except IceRestartError as e:
+        raise ApiError(422, "ice_restart_unsupported", str(e)) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, "bad_candidate", str(e)[:200]) from None
+    return web.Response(status=204)
+
+
+async def delete_call(request: web.Request) -> web.Response:
+    """Hang up and wait until the call released everything. The call id is the capability."""
+    rt = _runtime(request)
+    call = _call(request, rt)
+    await call.close("hangup")
+    return web.Response(status=204)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/sessions", create_session)
+    app.router.add_post("/v1/calls", create_call)
+    app.router.add_patch("/v1/calls/{call_id}", patch_call)
+    app.router.add_delete("/v1/calls/{call_id}", delete_call)

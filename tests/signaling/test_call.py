@@ -1,0 +1,69 @@
+"""Call lifecycle corners that HTTP alone can't reach: closing mid-setup, teardown idempotence."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from signaling.auth import Principal
+from signaling.call import Call, CallClosedError, CallDeps
+from signaling.runtime import Runtime
+from tests.e2e.aiortc_server import assert_released, edge_settings, make_offer, running_edge
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def new_call(rt: Runtime) -> Call:
+    settings = edge_settings()
+    deps = CallDeps(
+        bus=rt.bus,
+        worker=rt.worker,
+        settings=settings,
+        model_name="tiny",
+        trained=False,
+        on_closed=rt.calls.remove,
+    )
+    call = Call(Call.new_id(), Principal("anon:test", "anonymous"), deps)
+    rt.calls.add(call)
+    return call
+
+
+async def test_close_while_the_slot_is_being_reserved_leaks_nothing() -> None:
+    async with running_edge(edge_settings()) as edge:
+        rt = edge.rt
+        pc, sdp = await make_offer()
+        try:
+            for _ in range(5):  # the race window is a thread hop; try it a few times
+                call = new_call(rt)
+                await call.apply_offer(sdp)
+                opening = asyncio.create_task(call.open_session())
+                await asyncio.sleep(0)
+                await call.close("server_shutdown")
+                with pytest.raises(CallClosedError):
+                    await opening
+                    await call.answer()
+                assert_released(rt, call)
+                assert rt.engine.stats().active == 0
+        finally:
+            await pc.close()
+
+
+async def test_close_is_idempotent_and_first_reason_wins() -> None:
+    async with running_edge(edge_settings()) as edge:
+        rt = edge.rt
+        pc, sdp = await make_offer()
+        try:
+            call = new_call(rt)
+            await call.apply_offer(sdp)
+            await call.open_session()
+            await call.answer()
+            call.start()
+            assert rt.engine.stats().active == 1
+            await asyncio.gather(call.close("hangup"), call.close("idle_timeout"), call.close("hangup"))
+            assert call.end_reason == "hangup"
+            assert_released(rt, call)
+            with pytest.raises(CallClosedError):
+                call.start()
+        finally:
+            await pc.close()
