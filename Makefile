@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 # The default checkpoint recipe (checkpoints/tiny/MODEL_CARD.md): data, training, held-out evaluation.
 TRAIN_CLIPS ?= 1200
-TRAIN_STEPS ?= 1800
+TRAIN_STEPS ?= 8000
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,12 +33,12 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_engine.py
 
 checkpoint: $(STAMP)
-	$(BIN)/python -m model.data.generate --out data/synth --n $(TRAIN_CLIPS) --split train --seed 0
+	$(BIN)/python -m model.data.generate --out data/synth --n $(TRAIN_CLIPS) --split train --seed 0 --workers 2
 	$(BIN)/python -m model.data.generate --out data/synth --n 80 --split heldout --seed 1 \
 		--scenarios pause,turn_taking,interruption,timed_speech
 	$(BIN)/python -m model.eval.dialogues --dialogues data/synth/heldout --root data/fdbench-heldout --max-per-task 20
 	$(BIN)/microturn train --preset tiny --data data/synth/train --out runs/tiny --steps $(TRAIN_STEPS) \
-		--batch-size 4 --crop-turns 30 --lr 2e-3 --export checkpoints/tiny
+		--batch-size 6 --crop-turns 40 --lr 2e-3 --export checkpoints/tiny
 	$(BIN)/microturn eval --root data/fdbench-heldout --checkpoint checkpoints/tiny --out checkpoints/tiny/eval
 
 clean:
