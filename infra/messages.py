@@ -74,9 +74,7 @@ class MicroTurnInput(msgspec.Struct, kw_only=True):
         if not np.isfinite(a).all():
             raise InputError("audio", "contains NaN or infinite samples")
         if self.video is not None and len(self.video) != math.prod(FRAME_SHAPE):
-            raise InputError(
-                "video", f"expected a uint8 RGB frame of shape {FRAME_SHAPE}, got {len(self.video)} bytes"
-            )
+            raise InputError("video", f"expected a uint8 RGB frame of shape {FRAME_SHAPE}, got {len(self.video)} bytes")
         if self.turn < 0:
             raise InputError("turn", f"must be >= 0, got {self.turn}")
 

@@ -88,9 +88,7 @@ def _check_audio(audio: Tensor, n: int | None, cfg: ModelConfig) -> None:
     if n is not None and audio.shape[0] != n:
         raise ValueError(f"audio: expected {n} samples, got {audio.shape[0]}")
     if audio.shape[0] % cfg.hop_length:
-        raise ValueError(
-            f"audio: expected a multiple of hop_length={cfg.hop_length} samples, got {audio.shape[0]}"
-        )
+        raise ValueError(f"audio: expected a multiple of hop_length={cfg.hop_length} samples, got {audio.shape[0]}")
     if not torch.isfinite(audio).all():
         raise ValueError("audio: expected finite samples, got NaN or inf")
 

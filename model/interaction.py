@@ -66,9 +66,7 @@ class InteractionModel(nn.Module):
         self.flow = FlowHead(cfg)
         self.set_batch_invariant(cfg.deterministic)
 
-    def forward(
-        self, p: Positions, cache: KVCache | None = None, slots: torch.Tensor | None = None
-    ) -> TrunkOutput:
+    def forward(self, p: Positions, cache: KVCache | None = None, slots: torch.Tensor | None = None) -> TrunkOutput:
         valid = p.valid
         ctx = None
         if cache is not None:

@@ -145,9 +145,7 @@ def step_batch(
         h = model(stack(step_chunks).to(device), cache, slots).hidden[:, 0]  # (B, D)
         logits = model.text_head(h)  # (B, V)
         tok = logits.argmax(-1)  # (B,) first maximum on ties
-        noise = torch.stack(
-            [rng.noise(s.seed, s.turn, j, cfg.mel_dim) for s in states]
-        ).to(device)  # (B, mel_dim)
+        noise = torch.stack([rng.noise(s.seed, s.turn, j, cfg.mel_dim) for s in states]).to(device)  # (B, mel_dim)
         unit = model.flow.sample(model.flow_cond(h, tok), noise)
         mel = unit_to_mel(unit.clamp(-1, 1), cfg).view(-1, cfg.frames_per_position, cfg.n_mels)  # (B, F, M)
         bins = quantize(mel, cfg).cpu()
@@ -212,8 +210,7 @@ class InteractionSession:
     ) -> None:
         if tokenizer.vocab_size > model.cfg.vocab_size:
             raise ValueError(
-                f"tokenizer: vocab of {tokenizer.vocab_size} does not fit the model's vocab_size "
-                f"{model.cfg.vocab_size}"
+                f"tokenizer: vocab of {tokenizer.vocab_size} does not fit the model's vocab_size {model.cfg.vocab_size}"
             )
         self.model = model.eval()
         self.tokenizer = tokenizer

@@ -52,9 +52,7 @@ class Tokenizer:
         Fewer tokens result when the texts run out of pairs to merge.
         """
         if vocab_size < MIN_VOCAB_SIZE:
-            raise ValueError(
-                f"vocab_size must be >= {MIN_VOCAB_SIZE} (specials + 256 bytes), got {vocab_size}"
-            )
+            raise ValueError(f"vocab_size must be >= {MIN_VOCAB_SIZE} (specials + 256 bytes), got {vocab_size}")
         hf = HFTokenizer(models.BPE())
         # No prefix space: it would change the text (a leading space on decode).
         hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -138,9 +138,7 @@ class Worker:
                 q.due = arrived + s.turn_ms / 1000
             elif q.due is not None and (q.pending or now > q.due + s.late_ms / 1000):
                 # overtaken by a later turn, or simply late: step silence rather than stall the batch
-                inp = MicroTurnInput(
-                    audio=bytes(4 * self._turn_samples), session_id=sid, turn=q.next_turn, gap=True
-                )
+                inp = MicroTurnInput(audio=bytes(4 * self._turn_samples), session_id=sid, turn=q.next_turn, gap=True)
                 q.due += s.turn_ms / 1000
                 self.gap_steps += 1
                 metrics.GAP_STEPS.inc()
@@ -194,4 +192,3 @@ class Worker:
                 "worker.behind_real_time", step_ms=round(dt * 1000, 1), batch=len(batch), turn_ms=self.settings.turn_ms
             )
         return outputs
-

@@ -45,7 +45,7 @@ def export_fdbench(dialogues: Path, root: Path, max_per_task: int | None = None)
     for wav in wavs:
         meta = json.loads(wav.with_name(wav.stem + ".events.json").read_text())
         events = meta.get("events", [])
-        first = {}
+        first: dict[str, dict] = {}
         for ev in events:
             first.setdefault(ev["type"], ev)
         scenario = meta.get("scenario", "")
@@ -54,7 +54,7 @@ def export_fdbench(dialogues: Path, root: Path, max_per_task: int | None = None)
             continue
         audio, sr = sf.read(str(wav), dtype="float32", always_2d=True)
         user = audio[:, 1]  # channel 1 is the user (model/data layout)
-        user = user[: min(len(user), int(round(end * sr)))]
+        user = user[: min(len(user), round(end * sr))]
         out = Path(root) / task / wav.stem
         out.mkdir(parents=True, exist_ok=True)
         sf.write(str(out / "input.wav"), np.asarray(user), sr, subtype="PCM_16")
@@ -64,7 +64,7 @@ def export_fdbench(dialogues: Path, root: Path, max_per_task: int | None = None)
     return counts
 
 
-def _task_for(scenario: str, ev: dict[str, dict]) -> tuple[str | None, float, dict[str, object]]:  # type: ignore[type-arg]
+def _task_for(scenario: str, ev: dict[str, dict]) -> tuple[str | None, float, dict[str, object]]:
     if scenario == "pause" and "pause" in ev and "user_end" in ev:
         p = ev["pause"]
         return (

@@ -46,12 +46,21 @@ def bi_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # (M, K) @ (K,
     N = w.shape[1]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     bi_matmul_kernel[(cdiv(M, MATMUL_BLOCK_M), cdiv(N, MATMUL_BLOCK_N))](
-        x, w, out,
-        M, N, K,
-        x.stride(0), x.stride(1),
-        w.stride(0), w.stride(1),
-        out.stride(0), out.stride(1),
-        BLOCK_M=MATMUL_BLOCK_M, BLOCK_N=MATMUL_BLOCK_N, BLOCK_K=MATMUL_BLOCK_K,
+        x,
+        w,
+        out,
+        M,
+        N,
+        K,
+        x.stride(0),
+        x.stride(1),
+        w.stride(0),
+        w.stride(1),
+        out.stride(0),
+        out.stride(1),
+        BLOCK_M=MATMUL_BLOCK_M,
+        BLOCK_N=MATMUL_BLOCK_N,
+        BLOCK_K=MATMUL_BLOCK_K,
         # fp32 operands would silently drop to TF32 on GPU; 16-bit operands ignore this setting
         INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
     )

@@ -95,19 +95,35 @@ def moe_decode_triton(
     h = torch.empty((T * K, I), dtype=torch.float32, device=x.device)
     out = torch.empty_like(x)
     moe_gate_up_kernel[(T * K, cdiv(I, MOE_BLOCK_I))](
-        x, w_gate, w_up, idx, h,
-        D, I, K,
-        x.stride(0), x.stride(1),
+        x,
+        w_gate,
+        w_up,
+        idx,
+        h,
+        D,
+        I,
+        K,
+        x.stride(0),
+        x.stride(1),
         *w_gate.stride(),
         *w_up.stride(),
-        BLOCK_D=MOE_BLOCK_D, BLOCK_I=MOE_BLOCK_I,
+        BLOCK_D=MOE_BLOCK_D,
+        BLOCK_I=MOE_BLOCK_I,
     )
     moe_down_kernel[(T, cdiv(D, MOE_BLOCK_D))](
-        h, w_down, idx, weight, out,
-        D, I, K,
+        h,
+        w_down,
+        idx,
+        weight,
+        out,
+        D,
+        I,
+        K,
         *w_down.stride(),
-        out.stride(0), out.stride(1),
-        BLOCK_D=MOE_BLOCK_D, BLOCK_I=MOE_BLOCK_I,
+        out.stride(0),
+        out.stride(1),
+        BLOCK_D=MOE_BLOCK_D,
+        BLOCK_I=MOE_BLOCK_I,
     )
     return out
 

@@ -38,19 +38,21 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) ->
     M, D = x.shape
     out = torch.empty_like(x)
     rms_norm_kernel[(M,)](
-        x, weight.contiguous(), out,
+        x,
+        weight.contiguous(),
+        out,
         D,
-        x.stride(0), x.stride(1),
-        out.stride(0), out.stride(1),
+        x.stride(0),
+        x.stride(1),
+        out.stride(0),
+        out.stride(1),
         eps,
         BLOCK_D=RMSNORM_BLOCK_D,
     )
     return out
 
 
-def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, *, force_triton: bool = False
-) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, *, force_triton: bool = False) -> torch.Tensor:
     """Triton on CUDA (when installed), the PyTorch reference otherwise; `force_triton` is for tests."""
     fn = rms_norm_triton if use_triton(x, force_triton) else rms_norm_reference
     return fn(x, weight, eps)

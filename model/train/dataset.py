@@ -99,7 +99,9 @@ class Example:
     n_turns: int
 
 
-def build_example(cfg: ModelConfig, tok: Tokenizer, clip: Clip, max_turns: int | None = None, start: int = 0) -> Example:
+def build_example(
+    cfg: ModelConfig, tok: Tokenizer, clip: Clip, max_turns: int | None = None, start: int = 0
+) -> Example:
     """Turns [start, start + max_turns) of a clip as one teacher-forced sequence."""
     S, P, Fp = cfg.turn_samples, cfg.positions_per_turn, cfg.frames_per_position
     pos_s = cfg.position_ms / 1000
@@ -234,4 +236,3 @@ def _spread(at: dict[int, list[int]], n: int, pad: int) -> list[int]:
     for i in sorted(at):
         _place(out, i, at[i], pad)
     return out
-

@@ -26,13 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from infra.messages import MicroTurnInput  # noqa: E402
-from model.config import get_preset  # noqa: E402
-from model.engine import Engine  # noqa: E402
-from model.interaction import InteractionModel  # noqa: E402
-from model.positions import concat  # noqa: E402
-from model.session import InteractionSession  # noqa: E402
-from model.tokenizer import Tokenizer  # noqa: E402
+from infra.messages import MicroTurnInput
+from model.config import get_preset
+from model.engine import Engine
+from model.interaction import InteractionModel
+from model.positions import concat
+from model.session import InteractionSession
+from model.tokenizer import Tokenizer
 
 RS = np.random.RandomState(0)
 FRAME = RS.randint(0, 256, (120, 160, 3), dtype=np.uint8)

@@ -18,11 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from infra.messages import MicroTurnInput  # noqa: E402
-from model.config import get_preset  # noqa: E402
-from model.interaction import InteractionModel  # noqa: E402
-from model.session import InteractionSession  # noqa: E402
-from model.tokenizer import Tokenizer  # noqa: E402
+from infra.messages import MicroTurnInput
+from model.config import get_preset
+from model.interaction import InteractionModel
+from model.session import InteractionSession
+from model.tokenizer import Tokenizer
 
 
 def main() -> None:

@@ -59,9 +59,7 @@ def test_truncated_weights_without_manifest_check(saved: Path) -> None:
         load_checkpoint(saved)
 
 
-def test_weights_from_another_config_are_rejected(
-    tmp_path: Path, saved: Path, tokenizer: Tokenizer
-) -> None:
+def test_weights_from_another_config_are_rejected(tmp_path: Path, saved: Path, tokenizer: Tokenizer) -> None:
     other = save_checkpoint(tmp_path / "other", InteractionModel(micro_config(d_model=96, head_dim=24)), tokenizer)
     (saved / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes())
     manifest = json.loads((saved / "manifest.json").read_text())

@@ -32,9 +32,7 @@ def session_inputs(i: int, n_turns: int = N_TURNS) -> list[MicroTurnInput]:
         video = rs.randint(0, 256, (120, 160, 3), dtype=np.uint8) if (k + i) % 4 == 0 else None
         text = "hello there " * i if k == i else ""
         bg = "result: 10063" if k == 7 and i % 2 else ""
-        out.append(
-            MicroTurnInput.from_arrays(audio, video=video, text=text, background=bg, session_id=f"s{i}", turn=k)
-        )
+        out.append(MicroTurnInput.from_arrays(audio, video=video, text=text, background=bg, session_id=f"s{i}", turn=k))
     return out
 
 

@@ -78,7 +78,9 @@ def test_long_text_is_spread_over_turns_not_dropped(micro_model: InteractionMode
     while sum(t.chunks[0].stream[0].tolist().count(3) for t in sess.trace) < len(ids):
         sess.step_audio(silence)
         assert len(sess.trace) < 10
-    fed = [int(x) for t in sess.trace for x, s in zip(t.chunks[0].text[0], t.chunks[0].stream[0], strict=True) if s == 3]
+    fed = [
+        int(x) for t in sess.trace for x, s in zip(t.chunks[0].text[0], t.chunks[0].stream[0], strict=True) if s == 3
+    ]
     assert fed == ids
 
 

@@ -24,9 +24,7 @@ TEXT = "Hello there. How can I help you with your order today, and when would yo
 def logmel(tmp_path_factory: pytest.TempPathFactory) -> torch.Tensor:
     """(F, n_mels) log-mel of ~2 s of 16 kHz espeak-ng speech, a whole number of turns."""
     if shutil.which("espeak-ng") is None:
-        pytest.fail(
-            "espeak-ng is not installed (apt-get install espeak-ng); the vocoder tests need real speech"
-        )
+        pytest.fail("espeak-ng is not installed (apt-get install espeak-ng); the vocoder tests need real speech")
     wav = Path(tmp_path_factory.mktemp("speech")) / "utterance.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), TEXT], check=True, capture_output=True)
     audio, rate = sf.read(wav, dtype="float64")

@@ -14,9 +14,7 @@ K = 2 * MATMUL_BLOCK_K + 7
 N = MATMUL_BLOCK_N + 13
 
 
-def _operands(
-    m: int, dtype: torch.dtype = torch.float32, device: str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _operands(m: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(m, K, generator=g)  # (m, K)
     w = torch.randn(K, N, generator=g) / K**0.5  # (K, N), scaled so outputs are O(1)

@@ -79,9 +79,7 @@ def test_cuda_bf16_matches_fp32_reference_and_is_batch_invariant() -> None:
     x, w_gate, w_up, w_down, idx, weight = _operands(256, 384, idx, torch.bfloat16, "cuda")
     out = moe_decode_triton(x, w_gate, w_up, w_down, idx, weight)
     assert torch.equal(moe_decode(x, w_gate, w_up, w_down, idx, weight), out), "dispatcher skipped Triton"
-    ref = moe_decode_reference(
-        x.float(), w_gate.float(), w_up.float(), w_down.float(), idx, weight.float()
-    )
+    ref = moe_decode_reference(x.float(), w_gate.float(), w_up.float(), w_down.float(), idx, weight.float())
     torch.testing.assert_close(out.float(), ref, atol=3e-2, rtol=2e-2)
     for t in range(x.shape[0]):
         alone = moe_decode_triton(x[t : t + 1], w_gate, w_up, w_down, idx[t : t + 1], weight[t : t + 1])

@@ -13,9 +13,7 @@ D = 2 * RMSNORM_BLOCK_D + 37  # several blocks per row plus a masked tail
 EPS = 1e-5
 
 
-def _operands(
-    m: int, dtype: torch.dtype = torch.float32, device: str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _operands(m: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(m, D, generator=g) * 3.0  # (m, D)
     weight = 1.0 + 0.1 * torch.randn(D, generator=g)  # (D,)

@@ -37,7 +37,10 @@ def write_clip(root: Path, name: str, seed: int) -> Path:
         ["noon", [4.0, 4.8], "SPEAKER_MAIN"],
     ]
     (root / f"{name}.json").write_text(json.dumps({"alignments": words}))
-    events = [{"type": "delegate", "time": 2.6, "text": "time"}, {"type": "background_result", "time": 2.9, "text": "12:00"}]
+    events = [
+        {"type": "delegate", "time": 2.6, "text": "time"},
+        {"type": "background_result", "time": 2.9, "text": "12:00"},
+    ]
     (root / f"{name}.events.json").write_text(json.dumps({"scenario": "qa", "events": events}))
     return wav
 
@@ -118,7 +121,7 @@ def test_fine_tune_from_checkpoint(data_dir: Path, tmp_path: Path, tokenizer: To
 
 
 def test_bad_data_is_named(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="no .wav clips"):
+    with pytest.raises(DatasetError, match=r"no \.wav clips"):
         Trainer(micro_config(), tcfg(), tmp_path, tmp_path / "out")
     (tmp_path / "x.wav").write_bytes(b"not audio")
     with pytest.raises(DatasetError, match=r"x\.wav: unreadable"):
