@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 # The default checkpoint recipe (checkpoints/tiny/MODEL_CARD.md): data, training, held-out evaluation.
 TRAIN_CLIPS ?= 1200
-TRAIN_STEPS ?= 8000
+TRAIN_STEPS ?= 6000
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)

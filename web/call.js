@@ -20,11 +20,6 @@ export class ServerError extends Error {
     this.code = code;
     this.retryAfter = retryAfter;
   }
-
-  /** Whether trying the same request again later can help (network, not a refusal). */
-  get transient() {
-    return this.status === 0 || this.status >= 500 && this.status !== 503;
-  }
 }
 
 async function serverError(resp) {

@@ -115,6 +115,8 @@ class Trainer:
         self.opt.load_state_dict(state["optim"])
         self.step = int(state["step"])
         self.history = list(state["history"])
+        # steps logged after the last save are redone: keep the log in step with the state
+        (self.out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
         log.info("train.resumed", step=self.step, state=str(f))
         return True
 

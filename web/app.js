@@ -1,0 +1,519 @@
+// The microturn call page: wires the DOM to a Call (call.js) and renders the server's
+// data-channel events. Every server event type in the contract has a handler in HANDLERS.
+
+import { Call } from "/static/call.js";
+
+const $ = (id) => document.getElementById(id);
+
+const STATE_TEXT = {
+  idle: "Not connected",
+  connecting: "Connecting…",
+  live: "Live",
+  reconnecting: "Reconnecting…",
+  ended: "Call ended",
+  error: "Error",
+};
+
+// ------------------------------------------------------------------ small renderers
+
+// C0 controls except \t and \n, DEL, C1 controls
+const CONTROL_CHARS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
+
+/** A caption column: deltas append to the current paragraph; a pause starts a new one. */
+export class CaptionLog {
+  constructor(el, { gapTurns = 10, maxChars = 6000 } = {}) {
+    this.el = el;
+    this.gapTurns = gapTurns; // 10 micro-turns = 2 s of silence -> new paragraph
+    this.maxChars = maxChars;
+    this.current = null;
+    this.lastTurn = -Infinity;
+    this.chars = 0;
+  }
+
+  /** The next delta starts a new paragraph (e.g. a new session restarts turn numbers). */
+  breakParagraph() {
+    this.current = null;
+    this.lastTurn = -Infinity;
+  }
+
+  clear() {
+    this.el.replaceChildren();
+    this.current = null;
+    this.lastTurn = -Infinity;
+    this.chars = 0;
+  }
+
+  _stickToBottom() {
+    return this.el.scrollHeight - this.el.scrollTop - this.el.clientHeight < 48;
+  }
+
+  _para(cls) {
+    const p = document.createElement("p");
+    if (cls) p.className = cls;
+    this.el.querySelector(".placeholder")?.remove();
+    this.el.append(p);
+    return p;
+  }
+
+  _trim() {
+    while (this.chars > this.maxChars && this.el.firstElementChild && this.el.firstElementChild !== this.current) {
+      this.chars -= this.el.firstElementChild.textContent.length;
+      this.el.firstElementChild.remove();
+    }
+  }
+
+  append(turn, delta) {
+    if (typeof delta !== "string") return;
+    // random or byte-level tokens can carry control characters: keep only printable text
+    delta = delta.replace(CONTROL_CHARS, "");
+    if (delta === "") return;
+    const stick = this._stickToBottom();
+    const t = Number.isFinite(turn) ? turn : this.lastTurn;
+    let text = delta;
+    if (!this.current || t - this.lastTurn > this.gapTurns) {
+      text = delta.trimStart(); // a paragraph never starts with the separator space
+      if (!text) return;
+      this.current = this._para("live");
+    }
+    this.current.append(document.createTextNode(text));
+    this.current.dataset.turn = String(t);
+    this.lastTurn = t;
+    this.chars += delta.length;
+    this._trim();
+    if (stick) this.el.scrollTop = this.el.scrollHeight;
+  }
+
+  /** A standalone line, e.g. what the user typed. */
+  note(text, cls) {
+    const stick = this._stickToBottom();
+    const p = this._para(cls);
+    p.textContent = text;
+    this.current = null;
+    this.chars += text.length;
+    this._trim();
+    if (stick) this.el.scrollTop = this.el.scrollHeight;
+  }
+}
+
+/** Median of the last `size` values. */
+export class RollingMedian {
+  constructor(size = 25) {
+    this.size = size;
+    this.values = [];
+  }
+
+  push(v) {
+    if (!Number.isFinite(v)) return;
+    this.values.push(v);
+    if (this.values.length > this.size) this.values.shift();
+  }
+
+  get median() {
+    if (this.values.length === 0) return NaN;
+    const s = [...this.values].sort((a, b) => a - b);
+    const m = s.length >> 1;
+    return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+  }
+}
+
+const fmtMs = (v) => (Number.isFinite(v) ? (v < 10 ? v.toFixed(1) : String(Math.round(v))) : "–");
+
+/** Background tasks: deltas ordered by seq, a repeated seq (a retried task) is ignored. */
+class TaskPanel {
+  constructor(list, empty) {
+    this.list = list;
+    this.empty = empty;
+    this.tasks = new Map();
+  }
+
+  clear() {
+    this.tasks.clear();
+    this.list.replaceChildren();
+    this.empty.hidden = false;
+  }
+
+  apply(taskId, seq, delta) {
+    const id = String(taskId ?? "task");
+    let t = this.tasks.get(id);
+    if (!t) {
+      const li = document.createElement("li");
+      li.className = "task";
+      const head = document.createElement("span");
+      head.className = "task-id";
+      head.textContent = `task ${id}`;
+      const body = document.createElement("span");
+      body.className = "task-text";
+      li.append(head, body);
+      this.list.append(li);
+      this.empty.hidden = true;
+      t = { li, body, parts: new Map() };
+      this.tasks.set(id, t);
+    }
+    const n = Number(seq);
+    if (t.parts.has(n)) return; // duplicate delivery after a retry
+    t.parts.set(n, String(delta ?? ""));
+    t.body.textContent = [...t.parts.entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]).join("");
+  }
+}
+
+// ------------------------------------------------------------------ page
+
+const ui = {
+  state: $("state"),
+  stateText: $("state-text"),
+  join: $("join"),
+  leave: $("leave"),
+  mic: $("mic"),
+  camera: $("camera"),
+  form: $("text-form"),
+  input: $("text-input"),
+  send: $("send"),
+  untrained: $("untrained"),
+  error: $("error"),
+  errorText: $("error-text"),
+  errorDismiss: $("error-dismiss"),
+  notice: $("notice"),
+  latServer: $("lat-server"),
+  latStep: $("lat-step"),
+  latHint: $("lat-hint"),
+  audio: $("remote-audio"),
+  preview: $("preview"),
+  previewPanel: $("preview-panel"),
+};
+
+const userCaptions = new CaptionLog($("captions-user"));
+const modelCaptions = new CaptionLog($("captions-model"));
+const tasks = new TaskPanel($("tasks"), $("tasks-empty"));
+const serverMs = new RollingMedian();
+const stepMs = new RollingMedian();
+
+let call = null;
+let micStream = null; // the microphone MediaStream, or null (denied / none)
+let micWanted = true; // the mic toggle: send the mic or mute it
+let micBlocked = false; // getUserMedia failed (denied, none, insecure page)
+let camTrack = null;
+let silence = null; // {ctx, track}: what we send when there is no microphone
+let session = null; // the last session.created event
+
+function showError(message) {
+  ui.errorText.textContent = message;
+  ui.error.hidden = !message;
+}
+
+function showNotice(message) {
+  ui.notice.textContent = message || "";
+  ui.notice.hidden = !message;
+}
+
+function renderState(state, message = "") {
+  ui.state.dataset.state = state;
+  let text = STATE_TEXT[state] || state;
+  if (state === "live" && session && session.model) text = `Live · ${session.model}`;
+  if ((state === "ended" || state === "reconnecting") && message) text = `${STATE_TEXT[state]} — ${message}`;
+  ui.stateText.textContent = text;
+  const active = state === "connecting" || state === "live" || state === "reconnecting";
+  ui.join.hidden = active;
+  ui.leave.hidden = !active;
+  ui.join.disabled = false;
+  ui.join.textContent = state === "idle" ? "Join" : "Join again";
+  if (state === "error") showError(message);
+  if (!active) setChannelOpen(false);
+}
+
+function setChannelOpen(open) {
+  ui.input.disabled = !open;
+  ui.send.disabled = !open;
+  ui.input.placeholder = open ? "Say something in text…" : "Join the call to type";
+}
+
+function renderMic() {
+  const on = micWanted && !micBlocked;
+  ui.mic.setAttribute("aria-pressed", String(on));
+  ui.mic.querySelector(".label").textContent = micBlocked ? "Mic blocked" : on ? "Mic on" : "Mic muted";
+  ui.mic.classList.toggle("off", !on);
+}
+
+function renderCamera() {
+  const on = !!camTrack;
+  ui.camera.setAttribute("aria-pressed", String(on));
+  ui.camera.querySelector(".label").textContent = on ? "Camera on" : "Camera off";
+  ui.camera.classList.toggle("off", !on);
+  ui.previewPanel.hidden = !on;
+  ui.preview.srcObject = on ? new MediaStream([camTrack]) : null;
+}
+
+function mediaErrorText(e, what) {
+  const name = e && e.name;
+  if (name === "NotAllowedError" || name === "SecurityError") {
+    return `${what} access was denied. Allow it in the browser's site settings, then try again.`;
+  }
+  if (name === "NotFoundError" || name === "OverconstrainedError") return `No ${what.toLowerCase()} was found.`;
+  if (name === "NotReadableError") return `The ${what.toLowerCase()} is in use by another application.`;
+  return `Could not open the ${what.toLowerCase()}: ${(e && e.message) || e}`;
+}
+
+function mediaAvailable() {
+  return !!(navigator.mediaDevices && navigator.mediaDevices.getUserMedia);
+}
+
+async function openMic() {
+  if (micStream) return micStream;
+  if (!mediaAvailable()) {
+    micBlocked = true;
+    renderMic();
+    showNotice("The microphone needs a secure page (HTTPS or localhost). You can still listen and type.");
+    return null;
+  }
+  try {
+    micStream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+      video: false,
+    });
+    micBlocked = false;
+    const track = micStream.getAudioTracks()[0];
+    track.enabled = micWanted;
+    track.addEventListener("ended", () => {
+      micStream = null;
+      micBlocked = true;
+      renderMic();
+      showNotice("The microphone was disconnected. You can still listen and type.");
+    });
+    showNotice("");
+    return micStream;
+  } catch (e) {
+    micStream = null;
+    micBlocked = true;
+    showNotice(`${mediaErrorText(e, "Microphone")} You can still listen and type.`);
+    return null;
+  } finally {
+    renderMic();
+  }
+}
+
+function closeMic() {
+  if (micStream) for (const t of micStream.getTracks()) t.stop();
+  micStream = null;
+  if (silence) {
+    silence.ctx.close().catch(() => {});
+    silence = null;
+  }
+}
+
+/** Without a microphone, send digital silence: the server's media clock (and so the model's
+ * micro-turns) runs on the uplink audio, so a listen-and-type user still gets answers and
+ * is not taken for a vanished client. Must be called inside a user gesture (AudioContext). */
+function silentTrack() {
+  if (!silence) {
+    const Ctx = window.AudioContext || window.webkitAudioContext;
+    if (!Ctx) return null;
+    const ctx = new Ctx();
+    const dest = ctx.createMediaStreamDestination();
+    const src = ctx.createConstantSource();
+    src.offset.value = 0;
+    src.connect(dest);
+    src.start();
+    ctx.resume().catch(() => {});
+    silence = { ctx, track: dest.stream.getAudioTracks()[0] };
+  }
+  return silence.track;
+}
+
+// ------------------------------------------------------------------ server events
+
+const HANDLERS = {
+  "session.created"(m) {
+    if (session && session.call_id !== m.call_id) {
+      // a reconnect placed a new call: new model session, turn numbers start again
+      userCaptions.breakParagraph();
+      modelCaptions.breakParagraph();
+      serverMs.values = [];
+      stepMs.values = [];
+      showNotice("Reconnected. This is a new session: the model does not remember the conversation so far.");
+    }
+    session = m;
+    ui.untrained.hidden = m.trained !== false;
+    if (call && call.state === "live") renderState("live");
+  },
+  "transcript.user.delta"(m) {
+    userCaptions.append(m.turn, m.delta);
+  },
+  "response.text.delta"(m) {
+    modelCaptions.append(m.turn, m.delta);
+  },
+  "background.task.delta"(m) {
+    tasks.apply(m.task_id, m.seq, m.delta);
+  },
+  "metrics.latency"(m) {
+    serverMs.push(Number(m.server_ms));
+    stepMs.push(Number(m.step_ms));
+    ui.latServer.textContent = fmtMs(serverMs.median);
+    ui.latStep.textContent = fmtMs(stepMs.median);
+    ui.latHint.textContent = `median of the last ${serverMs.values.length} turns (turn ${m.turn})`;
+  },
+  error(m) {
+    showError(m.message || m.code || "The server reported an error.");
+  },
+};
+
+function onMessage(msg) {
+  const h = HANDLERS[msg.type];
+  if (h) h(msg);
+  else console.debug("microturn: unhandled event", msg.type);
+}
+
+// ------------------------------------------------------------------ actions
+
+async function join() {
+  if (typeof RTCPeerConnection === "undefined") {
+    renderState("error", "This browser does not support WebRTC calls.");
+    return;
+  }
+  ui.join.disabled = true;
+  showError("");
+  showNotice("");
+  session = null;
+  ui.untrained.hidden = true;
+  userCaptions.clear();
+  modelCaptions.clear();
+  tasks.clear();
+  serverMs.values = [];
+  stepMs.values = [];
+  ui.latServer.textContent = ui.latStep.textContent = "–";
+  ui.latHint.textContent = "median of the last turns";
+  renderState("connecting");
+
+  await openMic();
+  // Play the model from inside the click's user gesture, so autoplay rules allow it.
+  ui.audio.play().catch(() => {});
+
+  call = new Call();
+  window.__microturn.call = call;
+  call.addEventListener("state", (e) => {
+    const { state, message } = e.detail;
+    renderState(state, message);
+    if (state === "ended" || state === "error") releaseMedia();
+    // the server's parting error event is already in the state line: no second copy
+    if (state === "ended" && ui.errorText.textContent && message.includes(ui.errorText.textContent)) showError("");
+  });
+  call.addEventListener("message", (e) => onMessage(e.detail));
+  call.addEventListener("channel", (e) => setChannelOpen(e.detail.open));
+  call.addEventListener("track", (e) => {
+    if (e.detail.track.kind !== "audio") return;
+    ui.audio.srcObject = e.detail.stream;
+    ui.audio.play().catch(() => {
+      showNotice("Tap anywhere to hear the model (the browser blocked autoplay).");
+      document.addEventListener("click", () => ui.audio.play().then(() => showNotice("")).catch(() => {}), {
+        once: true,
+      });
+    });
+  });
+  const micTrack = micStream ? micStream.getAudioTracks()[0] : silentTrack();
+  await call.start({ micTrack, camTrack });
+}
+
+/** The call is over: stop the mic and camera (the browser's recording light goes off). */
+function releaseMedia() {
+  ui.audio.srcObject = null;
+  closeMic();
+  if (camTrack) {
+    camTrack.stop();
+    camTrack = null;
+  }
+  renderMic();
+  renderCamera();
+}
+
+async function leave() {
+  if (!call) return;
+  ui.leave.disabled = true;
+  await call.hangup();
+  ui.leave.disabled = false;
+}
+
+async function toggleMic() {
+  if (micBlocked || (micWanted && !micStream && call && call.pc)) {
+    // blocked before: ask again (the user may have changed the site permission)
+    micWanted = true;
+    const s = await openMic();
+    if (s && call && call.pc) await call.setMicTrack(s.getAudioTracks()[0]);
+  } else {
+    micWanted = !micWanted;
+    if (micStream) for (const t of micStream.getAudioTracks()) t.enabled = micWanted;
+  }
+  renderMic();
+}
+
+async function toggleCamera() {
+  if (camTrack) {
+    const t = camTrack;
+    camTrack = null;
+    if (call) await call.setCameraTrack(null);
+    t.stop();
+    renderCamera();
+    return;
+  }
+  if (!mediaAvailable()) {
+    showNotice("The camera needs a secure page (HTTPS or localhost).");
+    return;
+  }
+  ui.camera.disabled = true;
+  try {
+    // The model looks at <= 1 frame per micro-turn at 160x120: ask for little.
+    const s = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 320 }, height: { ideal: 240 }, frameRate: { ideal: 10, max: 15 } },
+      audio: false,
+    });
+    camTrack = s.getVideoTracks()[0];
+    camTrack.addEventListener("ended", () => {
+      camTrack = null;
+      if (call) call.setCameraTrack(null);
+      renderCamera();
+    });
+    if (call) await call.setCameraTrack(camTrack);
+  } catch (e) {
+    showNotice(mediaErrorText(e, "Camera"));
+  } finally {
+    ui.camera.disabled = false;
+    renderCamera();
+  }
+}
+
+function sendText(ev) {
+  ev.preventDefault();
+  const text = ui.input.value.trim();
+  if (!text) return;
+  if (!call || !call.send({ type: "input_text.append", text })) {
+    showError("Not connected: the message was not sent.");
+    return;
+  }
+  userCaptions.note(text, "typed");
+  ui.input.value = "";
+  ui.input.focus();
+}
+
+// ------------------------------------------------------------------ boot
+
+// Test hook (and handy in the console): the live call and its RTCPeerConnection.
+window.__microturn = {
+  call: null,
+  get pc() {
+    return this.call ? this.call.pc : null;
+  },
+  get state() {
+    return ui.state.dataset.state;
+  },
+  /** Render a server event as if it came over the data channel (tests, debugging). */
+  dispatch: onMessage,
+};
+
+ui.join.addEventListener("click", join);
+ui.leave.addEventListener("click", leave);
+ui.mic.addEventListener("click", toggleMic);
+ui.camera.addEventListener("click", toggleCamera);
+ui.form.addEventListener("submit", sendText);
+ui.errorDismiss.addEventListener("click", () => showError(""));
+window.addEventListener("pagehide", () => call && call.abandon());
+
+renderState("idle");
+renderMic();
+renderCamera();
