@@ -10,7 +10,9 @@ single-session API on top of it; the engine (model/engine.py) is the same call o
 
 from __future__ import annotations
 
+import codecs
 import time
+import unicodedata
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -30,19 +32,21 @@ from model.vocoder import StreamingGriffinLim, push_batch
 
 
 class IncrementalDecoder:
-    """Byte-level BPE tokens -> text deltas, holding back a split multi-byte character."""
+    """Byte-level BPE tokens -> text deltas.
+
+    Joins the tokens' raw bytes through an incremental UTF-8 decoder, so a character split
+    across tokens or turns comes out whole when its last byte arrives; bytes that can never be
+    UTF-8 become U+FFFD, and control characters (other than newline and tab) are dropped so a
+    babbling model cannot put them on a caption line.
+    """
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tok = tokenizer
-        self.held: list[int] = []
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, ids: list[int]) -> str:
-        self.held.extend(i for i in ids if not self.tok.is_special(i))
-        text = self.tok.decode(self.held)
-        if text.endswith("\ufffd"):
-            return ""
-        self.held.clear()
-        return text
+        text = self._utf8.decode(b"".join(self.tok.token_bytes(i) for i in ids))
+        return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
 
 
 @dataclass

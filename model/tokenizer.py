@@ -107,6 +107,14 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self._hf.decode(list(ids), skip_special_tokens=skip_special)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes a (non-special) token stands for: streaming decoders join these and
+        decode UTF-8 themselves, so a character split across tokens or turns survives."""
+        token = self._hf.id_to_token(token_id)
+        if token is None or self.is_special(token_id):
+            return b""
+        return bytes(_UNICODE_TO_BYTE[c] for c in token)
+
     def token_to_id(self, token: str) -> int:
         """Id of a vocabulary entry; KeyError if absent (a silent None would hide typos)."""
         token_id = self._hf.token_to_id(token)
@@ -136,6 +144,24 @@ class Tokenizer:
     @property
     def bg_id(self) -> int:
         return BG_ID
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte <-> printable-unicode table that ByteLevel BPE token strings are written in."""
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = keep[:]
+    n = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(keep, chars, strict=True)}
+
+
+_UNICODE_TO_BYTE = _byte_level_alphabet()
 
 
 def _check_specials(hf: HFTokenizer) -> None:

@@ -124,3 +124,16 @@ def test_bad_wire_message_rejected_by_step(micro_model: InteractionModel, tokeni
         sess.step(MicroTurnInput(audio=np.zeros(TURN_SAMPLES, np.float32).tobytes(), video=b"\x00" * 10))
     # a rejected input leaves the session usable and at turn 0
     assert sess.step_audio(np.zeros(TURN_SAMPLES, np.float32)).turn == 0
+
+
+def test_incremental_decoder_keeps_split_characters(tokenizer: Tokenizer) -> None:
+    from model.session import IncrementalDecoder
+
+    text = "héllo wörld — 7°C \U0001f600 ok"
+    ids = tokenizer.encode(text)
+    dec = IncrementalDecoder(tokenizer)
+    deltas = [dec.push([i]) for i in ids]  # one token per turn: the worst case for splitting
+    assert "".join(deltas) == text
+    assert all("\ufffd" not in d for d in deltas)
+    assert dec.push([tokenizer.pad_id, tokenizer.delegate_id]) == ""
+    assert dec.push(tokenizer.encode("a\x07b\nc")) == "ab\nc"
