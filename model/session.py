@@ -69,10 +69,10 @@ class SessionState:
     vocoder: StreamingGriffinLim
     text_decoder: IncrementalDecoder
     caption_decoder: IncrementalDecoder
+    last_bins: torch.Tensor  # (F, M) int64: the previous output position's mel, fed to the next
     turn: int = 0
     next_pos: int = 0
     last_token: int = 0
-    last_bins: torch.Tensor | None = None  # (F, M) int64
     pending_text: deque[int] = field(default_factory=deque)
     pending_bg: deque[int] = field(default_factory=deque)
     trace: list[TurnTrace] | None = None
@@ -142,10 +142,7 @@ def step_batch(
     mels = []  # P x (B, F, M) log-mel
     out_hidden, out_logits, out_chunks = [], [], []
     for j in range(P):
-        step_chunks = [
-            output_position(cfg, s.turn, j, s.next_pos, s.last_token, s.last_bins)  # type: ignore[arg-type]
-            for s in states
-        ]
+        step_chunks = [output_position(cfg, s.turn, j, s.next_pos, s.last_token, s.last_bins) for s in states]
         h = model(stack(step_chunks).to(device), cache, slots).hidden[:, 0]  # (B, D)
         logits = model.text_head(h)  # (B, V)
         tok = logits.argmax(-1)  # (B,) first maximum on ties
@@ -163,10 +160,10 @@ def step_batch(
         out_logits.append(logits)
         out_chunks.append(step_chunks)
 
-    step_ms = (time.perf_counter() - t_start) * 1000
-    outputs = []
     turn_mel = torch.cat(mels, dim=1)  # (B, frames_per_turn, M)
     audio_out = push_batch([s.vocoder for s in states], turn_mel).clamp(-1, 1).numpy().astype("<f4")  # (B, samples)
+    step_ms = (time.perf_counter() - t_start) * 1000
+    outputs = []
     for b, s in enumerate(states):
         audio = audio_out[b]
         if s.trace is not None:
