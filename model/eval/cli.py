@@ -26,6 +26,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", type=Path, help="checkpoint directory")
     src.add_argument("--preset", default="tiny", help="random weights of this preset when no checkpoint (default tiny)")
+    src.add_argument("--live", metavar="URL", help="call a running `microturn serve` at URL over WebRTC, in real time")
+    p.add_argument("--api-key", help="with --live: Bearer API key (default: mint a page token)")
     p.add_argument("--tasks", nargs="+", help="task directories to run (default: all under ROOT)")
     p.add_argument("--out", type=Path, help="report directory (default ROOT/eval_report)")
     p.add_argument(
@@ -80,7 +82,18 @@ def run_eval(args: argparse.Namespace) -> int:
     meta: dict[str, object] = {"root": str(args.root), "tasks": ", ".join(sorted({c.task for c in clips}))}
     model_name, baseline_name = "interaction model", "harness baseline"
     try:
-        if not args.score_only:
+        if not args.score_only and args.live:
+            from model.eval.live import LiveResponder
+
+            meta["model"] = f"live over WebRTC: {args.live}"
+            live = LiveResponder(args.live, api_key=args.api_key, vad=vad, name=model_name)
+            try:
+                runs[model_name] = run_responder(live, args.root, args.tasks)
+            except (RuntimeError, OSError) as e:  # LiveError, connection refused, ...
+                return fail(f"live eval against {args.live}: {e}")
+            if args.baseline:
+                runs[baseline_name] = run_responder(HarnessBaseline(harness, baseline_name), args.root, args.tasks)
+        elif not args.score_only:
             try:
                 ck = load_or_random(args.checkpoint, args.preset, seed=args.seed)
             except (CheckpointError, ConfigError) as e:
