@@ -16,7 +16,7 @@ slot j at the moment its audio will start playing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -104,50 +104,43 @@ def output_position(
 
 def concat(parts: list[Positions]) -> Positions:
     """Concatenate along time (same batch size); patch indices are re-based."""
-    offset = 0
-    videos = []
-    for p in parts:
-        videos.append(torch.where(p.video >= 0, p.video + offset, -1))
-        offset += p.patches.shape[0]
-    return Positions(
-        stream=torch.cat([p.stream for p in parts], dim=1),
-        time=torch.cat([p.time for p in parts], dim=1),
-        pos=torch.cat([p.pos for p in parts], dim=1),
-        audio=torch.cat([p.audio for p in parts], dim=1),
-        text=torch.cat([p.text for p in parts], dim=1),
-        video=torch.cat(videos, dim=1),
-        patches=torch.cat([p.patches for p in parts], dim=0),
-    )
+    return _cat(_rebase_video(parts), dim=1)
 
 
 def stack(rows: list[Positions]) -> Positions:
     """Ragged (1, T_i) rows -> one (B, max T_i) batch, right-padded with PAD_STREAM."""
     T = max(r.shape[1] for r in rows)
-    out = []
-    offset = 0
-    for r in rows:
-        n = T - r.shape[1]
-        video = torch.where(r.video >= 0, r.video + offset, -1)
-        offset += r.patches.shape[0]
-        out.append(
-            Positions(
-                stream=_pad(r.stream, n, PAD_STREAM),
-                time=_pad(r.time, n, 0),
-                pos=_pad(r.pos, n, 0),
-                audio=_pad(r.audio, n, 0),
-                text=_pad(r.text, n, 0),
-                video=_pad(video, n, -1),
-                patches=r.patches,
-            )
+    pad_value = {"stream": PAD_STREAM, "video": -1}
+    padded = [
+        Positions(
+            **{
+                f.name: getattr(r, f.name)
+                if f.name == "patches"
+                else _pad(getattr(r, f.name), T - r.shape[1], pad_value.get(f.name, 0))
+                for f in fields(Positions)
+            }
         )
+        for r in _rebase_video(rows)
+    ]
+    return _cat(padded, dim=0)
+
+
+def _rebase_video(parts: list[Positions]) -> list[Positions]:
+    """Point each part's video indices into the concatenation of all parts' patches."""
+    out, offset = [], 0
+    for p in parts:
+        out.append(replace(p, video=torch.where(p.video >= 0, p.video + offset, -1)))
+        offset += p.patches.shape[0]
+    return out
+
+
+def _cat(parts: list[Positions], dim: int) -> Positions:
+    """Concatenate every field; patches (N, ...) always along their first dimension."""
     return Positions(
-        stream=torch.cat([p.stream for p in out]),
-        time=torch.cat([p.time for p in out]),
-        pos=torch.cat([p.pos for p in out]),
-        audio=torch.cat([p.audio for p in out]),
-        text=torch.cat([p.text for p in out]),
-        video=torch.cat([p.video for p in out]),
-        patches=torch.cat([p.patches for p in out]),
+        **{
+            f.name: torch.cat([getattr(p, f.name) for p in parts], dim=0 if f.name == "patches" else dim)
+            for f in fields(Positions)
+        }
     )
 
 
