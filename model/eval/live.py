@@ -182,7 +182,7 @@ async def _record(remote: MediaStreamTrack, clock: ClipTrack, out: np.ndarray) -
             frame = await remote.recv()
         except MediaStreamError:
             return
-        if clock.t0 is None:
+        if clock.t0 is None or not isinstance(frame, av.AudioFrame):
             continue
         for f in resampler.resample(frame):
             pcm = f.to_ndarray().reshape(-1)
