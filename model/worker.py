@@ -157,8 +157,10 @@ class Worker:
         while True:
             deadline = self._next_deadline()
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # asyncio.timeout, not wait_for: no helper task per iteration of a loop that never ends
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             self._wake.clear()
             if self.settings.gather_ms > 0:
                 await asyncio.sleep(self.settings.gather_ms / 1000)
