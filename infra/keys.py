@@ -15,11 +15,6 @@ def outputs(session_id: str) -> str:
     return f"{PREFIX}:out:{session_id}"
 
 
-def control(worker_id: str) -> str:
-    """Session open/close requests for one worker."""
-    return f"{PREFIX}:ctl:{worker_id}"
-
-
 def bg_tasks() -> str:
     return "bg:tasks"
 

@@ -51,10 +51,6 @@ class KVCache:
             ring_len=cfg.ring_len,
         )
 
-    @property
-    def slots(self) -> int:
-        return self.pos.shape[0]
-
     def reset(self, slot: int) -> None:
         """Forget a slot entirely: nothing of its previous session stays visible."""
         self.k[:, slot].zero_()

@@ -116,7 +116,7 @@ def stack(rows: list[Positions]) -> Positions:
             **{
                 f.name: getattr(r, f.name)
                 if f.name == "patches"
-                else _pad(getattr(r, f.name), T - r.shape[1], pad_value.get(f.name, 0))
+                else pad_time(getattr(r, f.name), T - r.shape[1], pad_value.get(f.name, 0))
                 for f in fields(Positions)
             }
         )
@@ -144,7 +144,8 @@ def _cat(parts: list[Positions], dim: int) -> Positions:
     )
 
 
-def _pad(x: torch.Tensor, n: int, value: float) -> torch.Tensor:
+def pad_time(x: torch.Tensor, n: int, value: float) -> torch.Tensor:
+    """Append n positions of `value` along dim 1 of a (B, T, ...) tensor."""
     if n == 0:
         return x
     pad = torch.full((x.shape[0], n, *x.shape[2:]), value, dtype=x.dtype)

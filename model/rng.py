@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 _MASK64 = (1 << 64) - 1
-# Separate key halves for independent uses of the same (seed, turn, position).
+# The key's second half separates independent uses of the same (seed, turn, position).
 STREAM_FLOW = 1
-STREAM_TEXT = 2
 
 
 def noise(
@@ -26,9 +25,3 @@ def noise(
     bitgen = np.random.Philox(key=[seed & _MASK64, stream & _MASK64], counter=[0, 0, position, turn])
     out = np.random.Generator(bitgen).standard_normal(n, dtype=np.float32)
     return torch.from_numpy(out).to(dtype)
-
-
-def uniform(seed: int, turn: int, position: int, *, stream: int = STREAM_TEXT) -> float:
-    """One uniform draw in [0, 1) keyed like `noise` (for temperature sampling of text)."""
-    bitgen = np.random.Philox(key=[seed & _MASK64, stream & _MASK64], counter=[0, 0, position, turn])
-    return float(np.random.Generator(bitgen).random())

@@ -29,7 +29,7 @@ import torch
 
 from model.config import ModelConfig
 from model.dmel import log_mel_offline, mel_to_unit, quantize
-from model.positions import Positions, concat, input_positions, output_position, stack
+from model.positions import Positions, concat, input_positions, output_position, pad_time, stack
 from model.tokenizer import Tokenizer
 
 ASSISTANT = "SPEAKER_MAIN"
@@ -197,8 +197,7 @@ def collate(examples: list[Example]) -> Example:
     T = max(e.positions.shape[1] for e in examples)
 
     def pad(x: torch.Tensor, value: float) -> torch.Tensor:
-        n = T - x.shape[1]
-        return x if n == 0 else torch.cat([x, torch.full((1, n, *x.shape[2:]), value, dtype=x.dtype)], dim=1)
+        return pad_time(x, T - x.shape[1], value)
 
     return Example(
         positions=stack([e.positions for e in examples]),

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from infra.logging import get_logger
 from model.checkpoint import load_checkpoint, save_checkpoint
@@ -149,11 +150,12 @@ class Trainer:
     def run(self, steps: int | None = None, progress: bool = True) -> list[dict[str, float]]:
         """Train until `steps` (default: the config's total); returns the logged history."""
         until = self.tcfg.steps if steps is None else min(self.tcfg.steps, steps)
-        bar = _Progress(until, self.step, enabled=progress)
+        bar = tqdm(total=until, initial=self.step, desc="train", unit="step", file=sys.stderr, disable=not progress)
         t0 = time.time()
         while self.step < until:
             rec = self.train_step()
-            bar.update(self.step, rec["total"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['total']:.3f}")
             if self.step % self.tcfg.log_every == 0 or self.step == until:
                 rec = {"step": self.step, "elapsed_s": round(time.time() - t0, 1), **rec}
                 self.history.append(rec)
@@ -164,29 +166,6 @@ class Trainer:
                 plot_losses(self.history, self.out / "loss.png")
         bar.close()
         return self.history
-
-
-class _Progress:
-    """A one-line progress bar on stderr (tqdm when present)."""
-
-    def __init__(self, total: int, start: int, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr)
-            except ImportError:
-                pass
-
-    def update(self, step: int, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.n = step
-            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def plot_losses(history: list[dict[str, float]], path: Path) -> None:
