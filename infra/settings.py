@@ -60,6 +60,18 @@ class Settings(BaseSettings):
     # Camera frames the model sees per second (<= one per 200 ms micro-turn).
     video_fps: float = Field(1.0, gt=0, le=5)
 
+    # --- background-model backends (agents/backend.py) -------------------------------------
+    # "tools": the embedded tools agent; "openai": any OpenAI-compatible /v1/chat/completions.
+    agent_backend: Literal["tools", "openai"] = "tools"
+    agent_openai_base_url: str = "http://127.0.0.1:8000/v1"
+    agent_openai_model: str = "default"
+    agent_openai_api_key: SecretStr | None = None
+    # Connect timeout and longest silence inside a stream (the worker bounds the whole task).
+    agent_openai_timeout_s: float = Field(60.0, gt=0)
+    agent_openai_max_tool_rounds: int = Field(4, ge=1, le=16)
+    agent_max_timers_per_session: int = Field(8, ge=1)
+    agent_max_notes_per_session: int = Field(32, ge=1)
+
     @field_validator("api_keys", "ice_servers", mode="before")
     @classmethod
     def _split_commas(cls, v: object) -> object:
