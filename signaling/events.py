@@ -10,9 +10,10 @@ lives in this one module. Names follow the OpenAI Realtime API where one fits.
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # --- client -> server ------------------------------------------------------------------------
 
@@ -26,8 +27,73 @@ class InputTextAppend(BaseModel):
     text: str
 
 
-ClientEvent = InputTextAppend
-CLIENT_EVENTS: dict[str, type[ClientEvent]] = {"input_text.append": InputTextAppend}
+MAX_TASK_TEXT = 2000  # characters of one background ask (the conversation window rides along anyway)
+# task ids travel into Redis keys' payloads and the page's DOM: a small safe alphabet
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TIMEZONE = re.compile(r"[A-Za-z0-9_+\-/]{1,64}")
+TIMER_PREFIX = "timer-"  # ids of timer/reminder firings, made by the agents
+
+
+def _check_task_id(v: str) -> str:
+    if not _TASK_ID.fullmatch(v):
+        raise ValueError("must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return v
+
+
+class BackgroundTaskCreate(BaseModel):
+    """Ask the background model something; the conversation so far rides along as context."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: Literal["background.task.create"]
+    task_id: str | None = None  # chosen by the client, or made by the server
+    text: str = Field(max_length=MAX_TASK_TEXT)
+    timezone: str | None = None  # the page's IANA zone, for "what time is it" and timers
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        _check_task_id(v)
+        if v.startswith(TIMER_PREFIX):
+            raise ValueError(f"ids starting with {TIMER_PREFIX!r} are reserved for timers")
+        return v
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        if v is not None and not _TIMEZONE.fullmatch(v):
+            raise ValueError("must be an IANA time zone name such as Europe/Paris")
+        return v
+
+
+class BackgroundTaskCancel(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    type: Literal["background.task.cancel"]
+    task_id: str
+
+    @field_validator("task_id")
+    @classmethod
+    def _task_id(cls, v: str) -> str:
+        return _check_task_id(v)
+
+
+ClientEvent = InputTextAppend | BackgroundTaskCreate | BackgroundTaskCancel
+CLIENT_EVENTS: dict[str, type[ClientEvent]] = {
+    "input_text.append": InputTextAppend,
+    "background.task.create": BackgroundTaskCreate,
+    "background.task.cancel": BackgroundTaskCancel,
+}
 
 
 class ClientEventError(ValueError):
@@ -97,6 +163,15 @@ class ResponseTextDelta(_ServerEvent):
     delta: str
 
 
+class BackgroundTaskCreated(_ServerEvent):
+    """A task was queued: asked by the client, delegated by the model, or a timer that fired."""
+
+    type: Literal["background.task.created"] = "background.task.created"
+    task_id: str
+    source: Literal["client", "delegate", "timer"]
+    text: str = ""  # the ask (client tasks); empty for delegations and timers
+
+
 class BackgroundTaskDelta(_ServerEvent):
     """A piece of a background task's answer; (task_id, seq) orders and de-duplicates."""
 
@@ -104,6 +179,22 @@ class BackgroundTaskDelta(_ServerEvent):
     task_id: str
     seq: int
     delta: str
+
+
+class BackgroundTaskDone(_ServerEvent):
+    type: Literal["background.task.done"] = "background.task.done"
+    task_id: str
+
+
+class BackgroundTaskFailed(_ServerEvent):
+    type: Literal["background.task.failed"] = "background.task.failed"
+    task_id: str
+    error: str  # human-readable, safe to show
+
+
+class BackgroundTaskCancelled(_ServerEvent):
+    type: Literal["background.task.cancelled"] = "background.task.cancelled"
+    task_id: str
 
 
 class MetricsLatency(_ServerEvent):
@@ -123,5 +214,14 @@ class ErrorEvent(_ServerEvent):
 
 
 ServerEvent = (
-    SessionCreated | TranscriptUserDelta | ResponseTextDelta | BackgroundTaskDelta | MetricsLatency | ErrorEvent
+    SessionCreated
+    | TranscriptUserDelta
+    | ResponseTextDelta
+    | BackgroundTaskCreated
+    | BackgroundTaskDelta
+    | BackgroundTaskDone
+    | BackgroundTaskFailed
+    | BackgroundTaskCancelled
+    | MetricsLatency
+    | ErrorEvent
 )

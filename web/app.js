@@ -118,11 +118,26 @@ export class RollingMedian {
 
 const fmtMs = (v) => (Number.isFinite(v) ? (v < 10 ? v.toFixed(1) : String(Math.round(v))) : "–");
 
-/** Background tasks: deltas ordered by seq, a repeated seq (a retried task) is ignored. */
-class TaskPanel {
-  constructor(list, empty) {
+const TASK_STATE_TEXT = {
+  sending: "sending…",
+  queued: "queued",
+  streaming: "answering…",
+  done: "done",
+  failed: "failed",
+  cancelled: "cancelled",
+};
+const TASK_SOURCE_TEXT = { client: "You asked", delegate: "The model asked", timer: "Timer" };
+const TASK_TERMINAL = new Set(["done", "failed", "cancelled"]);
+
+/** Background tasks: one entry per task with its state (sending/queued/streaming/done/failed/
+ * cancelled), its streamed answer (deltas ordered by seq, a repeated seq from a retried task
+ * ignored) and a cancel button while it runs. */
+export class TaskPanel {
+  constructor(list, empty, onCancel, { maxTasks = 30 } = {}) {
     this.list = list;
     this.empty = empty;
+    this.onCancel = onCancel;
+    this.maxTasks = maxTasks;
     this.tasks = new Map();
   }
 
@@ -132,27 +147,110 @@ class TaskPanel {
     this.empty.hidden = false;
   }
 
-  apply(taskId, seq, delta) {
+  _el(tag, cls, text = "") {
+    const e = document.createElement(tag);
+    e.className = cls;
+    e.textContent = text;
+    return e;
+  }
+
+  _get(taskId, source = "") {
     const id = String(taskId ?? "task");
     let t = this.tasks.get(id);
-    if (!t) {
-      const li = document.createElement("li");
-      li.className = "task";
-      const head = document.createElement("span");
-      head.className = "task-id";
-      head.textContent = `task ${id}`;
-      const body = document.createElement("span");
-      body.className = "task-text";
-      li.append(head, body);
-      this.list.append(li);
-      this.empty.hidden = true;
-      t = { li, body, parts: new Map() };
-      this.tasks.set(id, t);
+    if (t) return t;
+    const li = this._el("li", "task");
+    li.dataset.taskId = id;
+    const head = this._el("div", "task-head");
+    const label = this._el("span", "task-id");
+    const state = this._el("span", "task-state");
+    const cancel = this._el("button", "link task-cancel", "Cancel");
+    cancel.type = "button";
+    cancel.setAttribute("aria-label", `Cancel background task ${id}`);
+    cancel.addEventListener("click", () => {
+      cancel.disabled = true;
+      cancel.textContent = "Cancelling…";
+      if (!this.onCancel(id)) {
+        cancel.disabled = false;
+        cancel.textContent = "Cancel";
+      }
+    });
+    head.append(label, state, cancel);
+    const ask = this._el("p", "task-ask");
+    ask.hidden = true;
+    const body = this._el("span", "task-text");
+    const error = this._el("p", "task-error");
+    error.hidden = true;
+    li.append(head, ask, body, error);
+    this.list.append(li);
+    this.empty.hidden = true;
+    t = { id, li, label, state: "", stateEl: state, cancel, ask, body, error, parts: new Map() };
+    this.tasks.set(id, t);
+    this._label(t, source);
+    this._setState(t, "queued");
+    this._trim();
+    return t;
+  }
+
+  _label(t, source) {
+    const who = TASK_SOURCE_TEXT[source];
+    t.label.textContent = who ? `${who} · ${t.id}` : `task ${t.id}`;
+  }
+
+  _setState(t, state) {
+    if (TASK_TERMINAL.has(t.state)) return; // a late event never revives a finished task
+    t.state = state;
+    t.li.dataset.state = state;
+    t.stateEl.textContent = TASK_STATE_TEXT[state] || state;
+    t.cancel.hidden = TASK_TERMINAL.has(state);
+  }
+
+  /** Forget the oldest finished tasks beyond maxTasks (a long call asks a lot). */
+  _trim() {
+    for (const [id, t] of this.tasks) {
+      if (this.tasks.size <= this.maxTasks) break;
+      if (!TASK_TERMINAL.has(t.state)) continue;
+      t.li.remove();
+      this.tasks.delete(id);
     }
+  }
+
+  /** The page sent background.task.create and waits for the server to queue it. */
+  sending(taskId, text) {
+    const t = this._get(taskId, "client");
+    t.ask.textContent = text;
+    t.ask.hidden = false;
+    this._setState(t, "sending");
+  }
+
+  created(taskId, source, text) {
+    const t = this._get(taskId, source);
+    this._label(t, source);
+    if (text) {
+      t.ask.textContent = String(text);
+      t.ask.hidden = false;
+    }
+    if (t.state === "sending") this._setState(t, "queued");
+  }
+
+  apply(taskId, seq, delta) {
+    const t = this._get(taskId);
+    if (TASK_TERMINAL.has(t.state)) return;
     const n = Number(seq);
     if (t.parts.has(n)) return; // duplicate delivery after a retry
-    t.parts.set(n, String(delta ?? ""));
+    t.parts.set(n, String(delta ?? "").replace(CONTROL_CHARS, ""));
     t.body.textContent = [...t.parts.entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]).join("");
+    this._setState(t, "streaming");
+  }
+
+  finish(taskId, state, error = "") {
+    const t = this._get(taskId);
+    if (TASK_TERMINAL.has(t.state)) return;
+    if (error) {
+      t.error.textContent = String(error);
+      t.error.hidden = false;
+    }
+    this._setState(t, state);
+    this._trim();
   }
 }
 
@@ -179,11 +277,16 @@ const ui = {
   audio: $("remote-audio"),
   preview: $("preview"),
   previewPanel: $("preview-panel"),
+  askForm: $("ask-form"),
+  askInput: $("ask-input"),
+  ask: $("ask"),
 };
 
 const userCaptions = new CaptionLog($("captions-user"));
 const modelCaptions = new CaptionLog($("captions-model"));
-const tasks = new TaskPanel($("tasks"), $("tasks-empty"));
+const tasks = new TaskPanel($("tasks"), $("tasks-empty"), (taskId) =>
+  sendOrComplain({ type: "background.task.cancel", task_id: taskId }, "the cancel was not sent"),
+);
 const serverMs = new RollingMedian();
 const stepMs = new RollingMedian();
 
@@ -224,6 +327,8 @@ function setChannelOpen(open) {
   ui.input.disabled = !open;
   ui.send.disabled = !open;
   ui.input.placeholder = open ? "Say something in text…" : "Join the call to type";
+  ui.askInput.disabled = ui.ask.disabled = !open;
+  ui.askInput.placeholder = open ? "e.g. what is 2 to the power of 100?" : "Join the call to ask";
 }
 
 function renderMic() {
@@ -340,8 +445,20 @@ const HANDLERS = {
   "response.text.delta"(m) {
     modelCaptions.append(m.turn, m.delta);
   },
+  "background.task.created"(m) {
+    tasks.created(m.task_id, m.source, m.text);
+  },
   "background.task.delta"(m) {
     tasks.apply(m.task_id, m.seq, m.delta);
+  },
+  "background.task.done"(m) {
+    tasks.finish(m.task_id, "done");
+  },
+  "background.task.failed"(m) {
+    tasks.finish(m.task_id, "failed", m.error || "the background task failed");
+  },
+  "background.task.cancelled"(m) {
+    tasks.finish(m.task_id, "cancelled");
   },
   "metrics.latency"(m) {
     serverMs.push(Number(m.server_ms));
@@ -491,6 +608,40 @@ function sendText(ev) {
   ui.input.focus();
 }
 
+/** Send a client event; false (and an error banner) when the channel is not open. */
+function sendOrComplain(obj, what) {
+  if (call && call.send(obj)) return true;
+  showError(`Not connected: ${what}.`);
+  return false;
+}
+
+function newTaskId() {
+  const b = crypto.getRandomValues(new Uint8Array(6)); // works on plain-http pages too
+  return "web-" + Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+function pageTimeZone() {
+  try {
+    return Intl.DateTimeFormat().resolvedOptions().timeZone || null;
+  } catch {
+    return null;
+  }
+}
+
+/** "Ask in the background": the server queues it with the conversation so far as context. */
+function askBackground(ev) {
+  ev.preventDefault();
+  const text = ui.askInput.value.trim();
+  if (!text) return;
+  const msg = { type: "background.task.create", task_id: newTaskId(), text };
+  const tz = pageTimeZone();
+  if (tz) msg.timezone = tz;
+  if (!sendOrComplain(msg, "the question was not sent")) return;
+  tasks.sending(msg.task_id, text);
+  ui.askInput.value = "";
+  ui.askInput.focus();
+}
+
 // ------------------------------------------------------------------ boot
 
 // Test hook (and handy in the console): the live call and its RTCPeerConnection.
@@ -511,6 +662,7 @@ ui.leave.addEventListener("click", leave);
 ui.mic.addEventListener("click", toggleMic);
 ui.camera.addEventListener("click", toggleCamera);
 ui.form.addEventListener("submit", sendText);
+ui.askForm.addEventListener("submit", askBackground);
 ui.errorDismiss.addEventListener("click", () => showError(""));
 window.addEventListener("pagehide", () => call && call.abandon());
 
