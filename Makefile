@@ -4,23 +4,35 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench checkpoint clean
+.PHONY: run test lint bench checkpoint clean python-check system-deps-run system-deps-test
 
 # The default checkpoint recipe (checkpoints/tiny/MODEL_CARD.md): data, training, held-out evaluation.
 TRAIN_CLIPS ?= 1200
 TRAIN_STEPS ?= 6000
 
-$(STAMP): pyproject.toml
+# Fails with one line on a Python older than the project's (pyproject requires-python).
+python-check:
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "microturn: needs Python >= 3.11, but $(PY) is $$( { $(PY) -V; } 2>/dev/null || echo missing); install one and run: make PY=python3.11 $(MAKECMDGOALS)" >&2; exit 1; }
+
+# Debian packages (scripts/system-deps.sh): one dpkg-query when present, apt-get as root when not.
+system-deps-run: python-check
+	@PY=$(PY) bash scripts/system-deps.sh run
+
+system-deps-test: python-check
+	@PY=$(PY) bash scripts/system-deps.sh test
+
+$(STAMP): pyproject.toml | system-deps-run
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch is pinned in pyproject (a bare `torch` pulls a multi-GB CUDA build)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: system-deps-run $(STAMP)
 	$(BIN)/microturn serve
 
-test: $(STAMP)
+test: system-deps-test $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
