@@ -33,10 +33,14 @@ class BusClosed(RuntimeError):
     pass
 
 
+class BusUnavailable(ConnectionError):
+    """The bus's backing store (Redis) cannot be reached right now; a later try may work."""
+
+
 class Subscription:
     """An async iterator over one topic; `close()` (or the bus closing) ends the iteration."""
 
-    def __init__(self, bus: MemoryBus, topic: str, maxsize: int) -> None:
+    def __init__(self, bus: Bus, topic: str, maxsize: int) -> None:
         self.topic = topic
         self.dropped = 0
         self._bus = bus
@@ -50,6 +54,10 @@ class Subscription:
             if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
                 log.warning("bus.subscriber_behind", topic=self.topic, dropped=self.dropped)
         self._queue.put_nowait(item)
+
+    async def ready(self) -> None:
+        """Return once messages published from now on are sure to reach this subscription
+        (immediate in memory; a Redis subscription first learns where the stream stands)."""
 
     async def get(self, timeout: float | None = None) -> bytes:
         item = await asyncio.wait_for(self._queue.get(), timeout)
@@ -83,6 +91,9 @@ class Bus(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    @abstractmethod
+    def _unsubscribe(self, sub: Subscription) -> None: ...
 
     async def publish_struct(self, topic: str, msg: msgspec.Struct) -> None:
         await self.publish(topic, msgspec.msgpack.encode(msg))

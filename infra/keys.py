@@ -16,8 +16,23 @@ def outputs(session_id: str) -> str:
 
 
 def bg_tasks() -> str:
+    """Background tasks: one stream, consumed by the agents' consumer group (AGENT_GROUP)."""
     return "bg:tasks"
 
 
+AGENT_GROUP = "agents"
+
+
+def bg_dead() -> str:
+    """Dead-letter stream: tasks that failed every attempt or were delivered too often."""
+    return "bg:dead"
+
+
+def bg_control() -> str:
+    """TaskCancel / SessionEnded, broadcast to every agent."""
+    return "bg:control"
+
+
 def bg_results(session_id: str) -> str:
+    """TaskEvents of one session's tasks, in order (agent -> edge)."""
     return f"bg:results:{session_id}"

@@ -100,6 +100,9 @@ class MicroTurnOutput(msgspec.Struct, kw_only=True):
     delegate: bool = False  # the model emitted <delegate> this turn
     gap: bool = False  # the input of this turn was missing or late and stepped as silence
     step_ms: float = 0.0  # model compute time for the batch this turn ran in
+    text_dropped: int = 0  # typed-text tokens dropped this turn because the session's backlog was full
+    # set on the session's last message: its step raised, the worker closed it (a readable reason)
+    error: str = ""
 
     def audio_array(self) -> np.ndarray:
         return np.frombuffer(self.audio, dtype="<f4")
@@ -110,3 +113,52 @@ def _frame_bytes(frame: np.ndarray) -> bytes:
     if frame.dtype != np.uint8 or frame.shape != FRAME_SHAPE:
         raise InputError("video", f"expected uint8 RGB of shape {FRAME_SHAPE}, got {frame.dtype} {frame.shape}")
     return frame.tobytes()
+
+
+# --- background agents (DESIGN.md §7) ---------------------------------------------------------
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    role: str  # "system" | "user" | "assistant" | "tool"
+    content: str
+
+
+class BackgroundTask(msgspec.Struct, kw_only=True):
+    """One ask for the background model: the conversation window, oldest first; the last
+    "user" message is the ask."""
+
+    task_id: str  # unique, made by the edge (secrets.token_hex) or the session
+    session_id: str
+    messages: list[ChatMessage]
+    created_at: float  # unix seconds
+    source: str = "client"  # "client" (background.task.create) | "delegate" (<delegate>)
+    timezone: str | None = None  # IANA name from the page, if known
+
+
+class TaskCancel(msgspec.Struct, kw_only=True, tag=True):
+    task_id: str
+    session_id: str
+
+
+class SessionEnded(msgspec.Struct, kw_only=True, tag=True):
+    session_id: str
+
+
+# What travels on bg:control: every agent hears every message and picks what concerns it
+# (tagged structs, so one decoder tells them apart).
+ControlMessage = TaskCancel | SessionEnded
+
+
+class TaskEvent(msgspec.Struct, kw_only=True):
+    """One piece of a task's outcome on bg:results:{session}.
+
+    `seq` counts 0, 1, 2, ... per task_id and a repeated (task_id, seq) is a duplicate: a
+    retried task streams again from seq 0 and the receiver drops what it already has, so the
+    session hears every piece exactly once (this relies on a retry producing the same text,
+    which holds for the tools backend and for a deterministic LLM setting)."""
+
+    task_id: str
+    seq: int
+    kind: str  # "delta" | "done" | "failed"
+    text: str = ""  # delta text (kind == "delta")
+    error: str = ""  # human-readable reason (kind == "failed")

@@ -2,8 +2,13 @@
 CPU interpreter must be switched on here, before any test module can import it."""
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 import torch
+
+from tests.redis_server import RedisServer
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -19,3 +24,17 @@ def pytest_collection_modifyitems(config: object, items: list) -> None:  # type:
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh real redis-server on a free port (no persistence), killed at teardown."""
+    try:
+        server = RedisServer(tmp_path)
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(kill=True)
