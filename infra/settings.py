@@ -72,7 +72,28 @@ class Settings(BaseSettings):
     agent_max_timers_per_session: int = Field(8, ge=1)
     agent_max_notes_per_session: int = Field(32, ge=1)
 
-    @field_validator("api_keys", "ice_servers", mode="before")
+    # --- edge hardening (signaling/ice.py, auth.py, exposure.py; issue 8) ---------------------
+    # Remote ICE candidates one call may add (offer + trickle PATCHes); a browser sends ~2-12.
+    max_ice_candidates: int = Field(32, ge=1, le=1000)
+    # Accept remote ICE candidates at loopback, link-local, unspecified, multicast or reserved
+    # addresses. Off by default: such a candidate makes the server send STUN to its own local
+    # ports. A browser on the same machine offers its real interfaces (or .local names), so
+    # `make run` works without it; peers talking over 127.0.0.1 (some tests) need it on.
+    allow_loopback_candidates: bool = False
+    # Share of the engine slots anonymous pages may hold together (at least one slot when > 0);
+    # the rest stays free for API-key integrators and the tokens they mint.
+    anonymous_slot_share: float = Field(0.5, ge=0.0, le=1.0)
+    # Reverse proxies (IPs or CIDRs, comma-separated) whose X-Forwarded-For names the client;
+    # the header is ignored from any other peer. Empty = the TCP peer is the client.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Origins (scheme://host[:port], comma-separated) besides the server's own whose pages may
+    # mint anonymous session tokens; "*" allows any.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Bearer key /metrics and /readyz require (Prometheus `authorization`, probe httpHeaders);
+    # unset = open, as on a laptop.
+    ops_key: SecretStr | None = None
+
+    @field_validator("api_keys", "ice_servers", "trusted_proxies", "allowed_origins", mode="before")
     @classmethod
     def _split_commas(cls, v: object) -> object:
         if isinstance(v, str):

@@ -23,6 +23,7 @@ from model.engine import Engine
 from model.worker import Worker, WorkerSettings
 from signaling.auth import Authenticator, RateLimiter
 from signaling.background import BackgroundAgent
+from signaling.exposure import check_ops_key, exposure_warnings, install_access_log_redaction, security_headers
 from signaling.registry import CallRegistry
 from signaling.routes import add_routes, json_errors
 from signaling.runtime import BACKGROUND, CHECKPOINT, RUNTIME, SETTINGS, Runtime
@@ -52,6 +53,8 @@ def create_app(
     web_dir = Path(settings.web_dir)
     if web_dir.is_dir():
         app.router.add_static("/static", web_dir, follow_symlinks=False)
+    app.on_response_prepare.append(security_headers)
+    install_access_log_redaction()
     app.cleanup_ctx.append(_runtime)
     app.on_shutdown.append(_close_calls)
     return app
@@ -78,6 +81,8 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     worker = Worker(engine, bus, WorkerSettings())
     await worker.start()
     secret = settings.token_secret.get_secret_value().encode() if settings.token_secret else None
+    for warning in exposure_warnings(settings):
+        log.warning("serve.exposed", message=warning)
     rt = Runtime(
         checkpoint=ckpt,
         engine=engine,
@@ -133,6 +138,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    check_ops_key(request, request.app[SETTINGS])
     rt = request.app.get(RUNTIME)
     if rt is None:
         return web.json_response({"status": "starting"}, status=503)
@@ -149,6 +155,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    check_ops_key(request, request.app[SETTINGS])
     resp = web.Response(body=generate_latest())
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return resp

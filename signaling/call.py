@@ -52,6 +52,7 @@ from signaling.events import (
     SessionCreated,
     parse_client_event,
 )
+from signaling.ice import CandidateGate
 from signaling.transport import MediaTransport
 
 log = get_logger(__name__)
@@ -146,6 +147,7 @@ class Call:
         self._remote_ice: tuple[str, str] | None = None  # (ufrag, pwd) of the offer
         self._primary_mid: str | None = None  # where trickled candidates go (the BUNDLE transport)
         self._client_events = RateLimiter(CLIENT_EVENTS_PER_MIN, max_clients=1)
+        self.ice = CandidateGate(s.max_ice_candidates, s.allow_loopback_candidates)  # remote candidate limits
         self._last_flood_error = 0.0
         self._log = log.bind(call_id=call_id, client=principal.client_id)
         self.pc.on("datachannel", self._on_datachannel)
@@ -167,7 +169,8 @@ class Call:
         if not any(m.kind == "audio" for m in parsed.media):
             raise OfferError("the offer has no audio m-line")
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            async with self.ice.offer(sdp) as screened:  # refused/surplus candidates removed
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=screened, type="offer"))
         except Exception as e:
             raise OfferError(f"cannot use this offer: {e}") from None
         first = parsed.media[0]
@@ -259,8 +262,7 @@ class Call:
             (ufrag is not None and ufrag != self._remote_ice[0]) or (pwd is not None and pwd != self._remote_ice[1])
         ):
             raise IceRestartError("ICE restart is not supported: hang up and start a new call")
-        for c in candidates:
-            await self.pc.addIceCandidate(c)
+        await self.ice.add(self.pc, candidates)  # raises TooManyCandidatesError over the limit
         if end:
             await self.pc.addIceCandidate(None)
         return len(candidates)

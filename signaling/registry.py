@@ -23,6 +23,7 @@ class CallRegistry:
     def __init__(self) -> None:
         self._calls: dict[str, Call] = {}
         self._per_client: Counter[str] = Counter()
+        self.anonymous_count = 0  # calls of anonymous pages (their share of slots is capped)
         self.accepting = True  # False once shutdown began: new calls get 503
 
     def add(self, call: Call) -> None:
@@ -30,6 +31,7 @@ class CallRegistry:
             raise ValueError(f"call {call.id!r} is already registered")
         self._calls[call.id] = call
         self._per_client[call.principal.client_id] += 1
+        self.anonymous_count += call.principal.anonymous
         metrics.CALLS_ACTIVE.set(len(self._calls))
 
     def remove(self, call: Call) -> None:
@@ -38,6 +40,7 @@ class CallRegistry:
             return
         del self._calls[call.id]
         client = call.principal.client_id
+        self.anonymous_count -= call.principal.anonymous
         self._per_client[client] -= 1
         if self._per_client[client] <= 0:
             del self._per_client[client]

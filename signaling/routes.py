@@ -6,16 +6,29 @@
     DELETE /v1/calls/{id}  -> 204
 
 Every error under /v1/ is JSON `{"error": {"code", "message"}}` with the status saying what
-kind (400 bad input, 401 credentials, 404 no such call, 413 too big, 415 wrong type, 422 ICE
-restart, 429 limits, 503 engine full or shutting down), so a page or gateway can show the
-message as is. Cheap checks run before expensive ones: credentials and limits before the body
+kind (400 bad input, 401 credentials, 403 another site's page, 404 no such call, 413 too big,
+415 wrong type, 422 ICE restart or too many candidates, 429 limits, 503 engine full or shutting
+down), so a page or gateway can show the message as is; every 429 and 503 says when to retry
+(`Retry-After`, seconds).
+
+Anonymous pages are the open door, so they get the tightest limits: per client (IPv4 address
+or IPv6 /64), a share of the engine's slots for all of them together, and only pages served
+by this server (or an allowed origin) may mint their tokens. `Origin` is checked only when
+present: browsers always send it on a cross-site POST, so a missing one means a non-browser
+client (curl, a gateway), which could send any Origin it liked anyway — the check keeps other
+sites from spending their visitors' addresses on our slots, it is not authentication.
+
+Cheap checks run before expensive ones: credentials and limits before the body
 is read, the body's size before it is parsed, the SDP before a slot is reserved, the slot
 before ICE gathering.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -24,8 +37,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from infra import metrics
 from infra.logging import get_logger
 from model.engine import CapacityError
-from signaling.auth import AuthError, Principal
+from signaling.auth import AuthError, Principal, anonymous_client_id, client_address, parse_networks
 from signaling.call import Call, CallClosedError, CallDeps, IceRestartError, OfferError
+from signaling.ice import TooManyCandidatesError
 from signaling.runtime import RUNTIME, SETTINGS, Runtime
 
 log = get_logger(__name__)
@@ -33,6 +47,9 @@ log = get_logger(__name__)
 SDP = "application/sdp"
 JSON = "application/json"
 SDPFRAG = "application/trickle-ice-sdpfrag"
+
+Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", Networks)  # parsed MICROTURN_TRUSTED_PROXIES
 
 
 class ApiError(Exception):
@@ -101,6 +118,41 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _from_trusted_proxy(request: web.Request) -> bool:
+    peer = client_address(request.remote, None, [])
+    return peer is not None and any(ipaddress.ip_address(peer) in n for n in request.app[TRUSTED_PROXIES])
+
+
+def anonymous_client(request: web.Request) -> str:
+    """The limits key of an anonymous caller (X-Forwarded-For only from a trusted proxy)."""
+    forwarded = request.headers.get("X-Forwarded-For")
+    return anonymous_client_id(client_address(request.remote, forwarded, request.app[TRUSTED_PROXIES]))
+
+
+def check_origin(request: web.Request) -> None:
+    """403 unless a browser's `Origin` is this server's own or listed in MICROTURN_ALLOWED_ORIGINS."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return  # not a browser: see the module docstring
+    allowed = [o.rstrip("/").lower() for o in request.app[SETTINGS].allowed_origins]
+    if "*" in allowed or origin.rstrip("/").lower() in allowed:
+        return
+    # behind a trusted proxy the public host is the one it forwards
+    host = request.headers.get("X-Forwarded-Host") if _from_trusted_proxy(request) else None
+    host = (host or request.host).split(",")[0].strip().lower()
+    try:
+        parts = urlsplit(origin)
+        same = parts.scheme in ("http", "https") and parts.netloc.lower() == host
+    except ValueError:
+        same = False
+    if not same:
+        raise ApiError(
+            403,
+            "origin_not_allowed",
+            f"pages from {origin[:100]!r} may not mint tokens here (MICROTURN_ALLOWED_ORIGINS)",
+        )
+
+
 def _runtime(request: web.Request) -> Runtime:
     rt = request.app.get(RUNTIME)
     if rt is None:
@@ -126,7 +178,8 @@ async def create_session(request: web.Request) -> web.Response:
         # each token minted by an integrator is its own client for the per-client limits
         subject = f"{principal.client_id}/{Call.new_id()[:12]}"
     elif settings.allow_anonymous:
-        subject = f"anon:{request.remote or 'unknown'}"
+        check_origin(request)
+        subject = anonymous_client(request)
         _rate_limit(rt, subject)
     else:
         raise ApiError(401, "unauthorized", "anonymous access is off: Authorization: Bearer <API key> required")
@@ -173,6 +226,15 @@ async def create_call(request: web.Request) -> web.Response:
     stats = rt.engine.stats()
     if stats.free <= 0:  # fast path; open_session() below is the authoritative check
         raise _engine_full(stats.max_sessions)
+    anon_slots = anonymous_slots(settings.anonymous_slot_share, stats.max_sessions)
+    if principal.anonymous and rt.calls.anonymous_count >= anon_slots:
+        raise ApiError(
+            503,
+            "anonymous_full",
+            f"all {anon_slots} of the {stats.max_sessions} session slots open to anonymous callers are in use;"
+            " try again later",
+            retry_after=10,
+        )
 
     deps = CallDeps(
         bus=rt.bus,
@@ -211,6 +273,11 @@ async def create_call(request: web.Request) -> web.Response:
     )
 
 
+def anonymous_slots(share: float, max_sessions: int) -> int:
+    """Slots anonymous callers may hold together: the share rounded down, at least one if > 0."""
+    return 0 if share <= 0 else max(1, math.floor(share * max_sessions + 1e-9))
+
+
 def _engine_full(max_sessions: int) -> ApiError:
     return ApiError(503, "engine_full", f"all {max_sessions} session slots in use; try again later", retry_after=5)
 
@@ -229,11 +296,16 @@ async def patch_call(request: web.Request) -> web.Response:
     call = _call(request, rt)
     if request.content_type != SDPFRAG:
         raise ApiError(415, "unsupported_media_type", f"send candidates as {SDPFRAG}")
+    if not call.ice.allow_patch():
+        wait = call.ice.patch_retry_after()
+        raise ApiError(429, "rate_limited", f"too many PATCHes for this call; retry in {wait} s", retry_after=wait)
     body = await _read_body(request, request.app[SETTINGS].max_sdp_bytes)
     try:
         await call.add_ice(body.decode("utf-8"))
     except IceRestartError as e:
         raise ApiError(422, "ice_restart_unsupported", str(e)) from None
+    except TooManyCandidatesError as e:
+        raise ApiError(422, "too_many_candidates", str(e)) from None
     except (ValueError, UnicodeDecodeError) as e:
         raise ApiError(400, "bad_candidate", str(e)[:200]) from None
     return web.Response(status=204)
@@ -248,6 +320,7 @@ async def delete_call(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[TRUSTED_PROXIES] = parse_networks(app[SETTINGS].trusted_proxies)
     app.router.add_post("/v1/sessions", create_session)
     app.router.add_post("/v1/calls", create_call)
     app.router.add_patch("/v1/calls/{call_id}", patch_call)

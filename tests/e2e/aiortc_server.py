@@ -31,6 +31,8 @@ def tiny_checkpoint() -> Checkpoint:
 
 def edge_settings(**overrides: Any) -> Settings:
     base: dict[str, Any] = {"checkpoint": None, "max_sessions": 2, "connect_timeout_s": 10.0, "idle_timeout_s": 10.0}
+    # tests place several anonymous calls at once on 2 slots (the 50% default is tested on its own)
+    base["anonymous_slot_share"] = 1.0
     return Settings(**{**base, **overrides})
 
 
