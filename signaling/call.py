@@ -30,7 +30,6 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCIceServer,
-    RTCPeerConnection,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamTrack
@@ -42,6 +41,7 @@ from infra.logging import get_logger
 from infra.settings import Settings
 from media.output_track import OutputAudioTrack
 from model.worker import Worker
+from signaling import dtls
 from signaling.auth import Principal, RateLimiter
 from signaling.background import BackgroundAgent, DelegateRequest
 from signaling.events import (
@@ -122,7 +122,7 @@ class Call:
         self.created_at = time.monotonic()
         self.connected_at: float | None = None
         s = deps.settings
-        self.pc = RTCPeerConnection(rtc_configuration(s))
+        self.pc = dtls.peer_connection(rtc_configuration(s))  # DTLS that RSA-certificate gateways accept
         self.output = OutputAudioTrack()
         self.transport = MediaTransport(
             call_id,
@@ -332,7 +332,9 @@ class Call:
             self.transport.touch()
             self._log.info("call.connected", setup_ms=round((self.connected_at - self.created_at) * 1000, 1))
         elif s == "failed":
-            self.begin_close("ice_failed")
+            reason = dtls.failure_reason(self.pc)
+            self._log.warning("call.transport_failed", reason=reason, **dtls.transport_states(self.pc))
+            self.begin_close(reason)
         elif s == "closed":
             self.begin_close("peer_closed")
 
@@ -346,6 +348,7 @@ class Call:
             reason = None
             if self.connected_at is None and now - self.created_at > s.connect_timeout_s:
                 reason = "connect_timeout"
+                self._log.warning("call.connect_timeout", **dtls.transport_states(self.pc))  # stuck where?
             elif self.connected_at is not None and now - self.transport.last_activity > s.idle_timeout_s:
                 reason = "idle_timeout"
             elif now - self.created_at > s.max_call_s:
