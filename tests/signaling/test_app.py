@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+import structlog
+import structlog.testing
 from aiohttp.test_utils import TestClient, TestServer
 
 from infra.settings import Settings
@@ -132,3 +135,88 @@ async def test_serve_closes_live_calls_on_sigterm(tmp_path: Path) -> None:
         assert "Traceback" not in err, err
     finally:
         proc.kill()
+
+
+# --- exposure (issue 8) ---------------------------------------------------------------------------
+async def test_ops_key_closes_metrics_and_readyz_but_not_healthz(tmp_path: Path) -> None:
+    settings = Settings(checkpoint=None, web_dir=tmp_path / "absent", ops_key="ops-secret", api_keys=["k"])
+    async with TestClient(TestServer(create_app(settings, checkpoint=tiny_checkpoint()))) as c:
+        for path in ("/metrics", "/readyz"):
+            for headers in (
+                {},
+                {"Authorization": "Bearer wrong"},
+                {"Authorization": "Bearer k"},
+                {"Authorization": "Bearer é"},
+            ):
+                r = await c.get(path, headers=headers)
+                assert r.status == 401, (path, headers, r.status)
+                assert (await r.json())["error"]["code"] == "unauthorized"
+            assert (await c.get(path, headers={"Authorization": "Bearer ops-secret"})).status == 200
+        assert (await c.get("/healthz")).status == 200
+
+
+async def test_metrics_and_readyz_are_open_without_an_ops_key(client: TestClient) -> None:
+    assert (await client.get("/metrics")).status == 200 and (await client.get("/readyz")).status == 200
+
+
+async def test_every_response_carries_the_security_headers(tmp_path: Path) -> None:
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<!doctype html><script type=module src=/static/app.js></script>")
+    (web / "app.js").write_text("export const x = 1;")
+    settings = Settings(checkpoint=None, web_dir=web)
+    async with TestClient(TestServer(create_app(settings, checkpoint=tiny_checkpoint()))) as c:
+        for method, path, status in [
+            ("GET", "/", 200),
+            ("GET", "/static/app.js", 200),
+            ("GET", "/static/missing.js", 404),
+            ("GET", "/healthz", 200),
+            ("POST", "/v1/calls", 401),
+            ("GET", "/v1/nothing", 404),
+        ]:
+            r = await c.request(method, path)
+            assert r.status == status, (path, r.status)
+            csp = r.headers.get("Content-Security-Policy", "")
+            assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp, (path, csp)
+            assert "unsafe-inline" not in csp
+            assert r.headers.get("X-Content-Type-Options") == "nosniff", path
+            assert r.headers.get("X-Frame-Options") == "DENY", path
+            assert r.headers.get("Referrer-Policy") == "no-referrer", path
+
+
+async def test_access_log_does_not_show_call_ids(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    """A call id alone allows PATCH and DELETE: it must not end up in the access log."""
+    secret_id = "Zm9vYmFyLXNlY3JldC1jYWxsLWlk"
+    with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+        await client.delete(f"/v1/calls/{secret_id}")
+        await client.patch(f"/v1/calls/{secret_id}?x=1", data="", headers={"Content-Type": "text/plain"})
+        await client.get("/healthz")
+        for _ in range(50):  # the access log line is written after the response is sent
+            if sum(r.name == "aiohttp.access" for r in caplog.records) >= 3:
+                break
+            await asyncio.sleep(0.02)
+    lines = [r for r in caplog.records if r.name == "aiohttp.access"]
+    assert len(lines) >= 3, "aiohttp's access log wrote nothing: the test would prove nothing"
+    text = "\n".join(r.getMessage() + " " + str(r.__dict__.get("first_request_line", "")) for r in lines)
+    assert secret_id not in text, text
+    assert "/v1/calls/<redacted>" in text and "/healthz" in text
+
+
+@pytest.mark.parametrize(
+    ("host", "anonymous", "warned"),
+    [("0.0.0.0", True, True), ("192.0.2.10", True, True), ("::", True, True), ("127.0.0.1", True, False),
+     ("localhost", True, False), ("::1", True, False), ("0.0.0.0", False, False)],
+)  # fmt: skip
+async def test_startup_warns_loudly_when_anonymous_callers_can_reach_the_server(
+    host: str, anonymous: bool, warned: bool
+) -> None:
+    settings = Settings(checkpoint=None, host=host, allow_anonymous=anonymous, api_keys=["k"])
+    with structlog.testing.capture_logs() as logs:
+        async with TestClient(TestServer(create_app(settings, checkpoint=tiny_checkpoint()))):
+            pass
+    warnings = [
+        e for e in logs if e.get("event") == "serve.exposed" and "ANONYMOUS ACCESS IS ON" in e.get("message", "")
+    ]
+    assert bool(warnings) == warned, logs
+    if warned:
+        assert warnings[0]["log_level"] == "warning" and host in warnings[0]["message"]
