@@ -297,6 +297,30 @@ let micBlocked = false; // getUserMedia failed (denied, none, insecure page)
 let camTrack = null;
 let silence = null; // {ctx, track}: what we send when there is no microphone
 let session = null; // the last session.created event
+let joinHold = null; // interval of the Retry-After countdown on the Join button
+
+/** The server said when to come back (429/503 with Retry-After): Join counts down and stays
+ * disabled until then, so nobody hammers a full server; after it, Join works again. */
+function holdJoin(seconds) {
+  clearInterval(joinHold);
+  let left = Math.min(Math.max(1, Math.ceil(seconds)), 600);
+  const tick = () => {
+    if (left <= 0) {
+      clearInterval(joinHold);
+      joinHold = null;
+      ui.join.disabled = false;
+      ui.join.textContent = "Join again";
+      delete ui.join.dataset.retryIn;
+      return;
+    }
+    ui.join.disabled = true;
+    ui.join.dataset.retryIn = String(left);
+    ui.join.textContent = `Join again in ${left} s`;
+    left -= 1;
+  };
+  tick();
+  joinHold = setInterval(tick, 1000);
+}
 
 function showError(message) {
   ui.errorText.textContent = message;
@@ -506,8 +530,9 @@ async function join() {
   call = new Call();
   window.__microturn.call = call;
   call.addEventListener("state", (e) => {
-    const { state, message } = e.detail;
+    const { state, message, retryAfter } = e.detail;
     renderState(state, message);
+    if (state === "error" && retryAfter) holdJoin(retryAfter);
     if (state === "ended" || state === "error") releaseMedia();
     // the server's parting error event is already in the state line: no second copy
     if (state === "ended" && ui.errorText.textContent && message.includes(ui.errorText.textContent)) showError("");

@@ -35,8 +35,11 @@ async function serverError(resp) {
     // not JSON: fall through to the status line
   }
   if (!message) message = `The server answered ${resp.status} ${resp.statusText || ""}`.trim();
-  const ra = resp.headers.get("Retry-After");
-  return new ServerError(resp.status, code, message, ra ? Number(ra) : null);
+  // Retry-After in seconds (the server never sends the HTTP-date form)
+  const ra = Number(resp.headers.get("Retry-After"));
+  const retryAfter = Number.isFinite(ra) && ra > 0 ? ra : null;
+  if (retryAfter) message = `${message.replace(/[.;]?\s*(try again later|retry in \d+ s)\.?$/i, "")}. Try again in ${retryAfter} s.`;
+  return new ServerError(resp.status, code, message, retryAfter);
 }
 
 async function request(method, path, { token = null, json = undefined, keepalive = false } = {}) {
@@ -153,10 +156,10 @@ export class Call extends EventTarget {
     return t ? t.sender : null;
   }
 
-  _setState(state, message = "") {
+  _setState(state, message = "", retryAfter = null) {
     this.state = state;
     this.message = message;
-    this.dispatchEvent(new CustomEvent("state", { detail: { state, message } }));
+    this.dispatchEvent(new CustomEvent("state", { detail: { state, message, retryAfter } }));
   }
 
   _later(fn, ms) {
@@ -329,7 +332,9 @@ export class Call extends EventTarget {
     this._teardown({ notifyServer: true });
     const msg = e instanceof ServerError ? e.message : `Could not start the call: ${e && e.message ? e.message : e}`;
     if (!(e instanceof ServerError)) console.error(e);
-    this._setState("error", msg);
+    // 429/503 say when to come back: the page holds Join until then
+    const retryAfter = e instanceof ServerError && (e.status === 429 || e.status === 503) ? e.retryAfter : null;
+    this._setState("error", msg, retryAfter);
     this.lastError = e;
   }
 

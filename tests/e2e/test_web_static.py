@@ -169,3 +169,30 @@ def test_accessibility_basics() -> None:
     assert by_id["state"].get("role") == "status" or by_id["state"].get("aria-live")
     assert by_id["error"].get("role") == "alert"
     assert "autoplay" in by_id["remote-audio"]
+
+
+def test_page_needs_nothing_the_content_security_policy_forbids() -> None:
+    """The server sends `script-src 'self'; style-src 'self'` (signaling/exposure.py): no inline
+    script, inline style, event-handler attribute, javascript: URL or eval anywhere in web/."""
+    page = _page()
+    for tag, a in page.tags:
+        assert tag != "style", "<style> blocks are inline styles: move them to style.css"
+        assert not (tag == "script" and not a.get("src")), "inline <script>: move it to a module in web/"
+        assert "style" not in a, f"<{tag} style=...>: inline style attributes are blocked by the CSP"
+        handlers = [k for k in a if k.startswith("on")]
+        assert not handlers, f"<{tag} {handlers[0]}=...>: inline event handlers are blocked by the CSP"
+        for k, v in a.items():
+            assert not (v or "").strip().lower().startswith("javascript:"), f"<{tag} {k}=javascript:...>"
+    for f in _js_files():
+        js = f.read_text(encoding="utf-8")
+        for pattern in (r"\beval\(", r"new Function\(", r"""setAttribute\(\s*["']style["']""", r"\.innerHTML\s*="):
+            assert not re.search(pattern, js), f"{f.name} uses {pattern}, which the CSP forbids or invites"
+
+
+def test_page_honours_retry_after() -> None:
+    """429/503 carry Retry-After; the page reads it and holds Join for that long (the browser
+    side is tests/e2e/test_page_retry_after.py)."""
+    call_js = (WEB / "call.js").read_text(encoding="utf-8")
+    app_js = (WEB / "app.js").read_text(encoding="utf-8")
+    assert 'headers.get("Retry-After")' in call_js
+    assert "retryAfter" in app_js and "holdJoin" in app_js
