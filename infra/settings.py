@@ -28,7 +28,11 @@ class Settings(BaseSettings):
     deterministic: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
+    # Background tasks and results go over Redis (agents run as `microturn agent --redis URL`);
+    # unset = `microturn serve` runs the tools agent in-process on its memory bus.
     redis_url: str | None = None
+    # With redis_url: also run one agent inside `microturn serve` (a one-box Redis setup).
+    agent_in_process: bool = False
 
     # --- edge (signaling/) -------------------------------------------------------------------
     # The call page (web/): index.html at `/`, everything else under /static/.

@@ -1,28 +1,35 @@
 """The aiohttp application: the call API, the call page, health, readiness and metrics.
 
-The app owns one in-process bus, one engine with its worker thread, and the table of calls,
-all started on startup and released on cleanup whichever way the process stops. Shutdown
-order matters: calls are closed first (each releases its peer connection and engine slot,
-and the peer hears why), then the worker stops, then the bus closes.
+The app owns one in-process bus, one engine with its worker thread, the background agents'
+queue (the tools agent in-process on that bus, or Redis when MICROTURN_REDIS_URL is set), and
+the table of calls, all started on startup and released on cleanup whichever way the process
+stops. Shutdown order matters: calls are closed first (each releases its peer connection and
+engine slot, tells the agents its session ended, and the peer hears why), then the agents,
+then the worker stops, then the bus closes.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from infra.bus import MemoryBus
+from agents.client import BackgroundClient
+from agents.local import start_local_agent
+from agents.settings import AgentSettings
+from infra.bus import Bus, MemoryBus
 from infra.logging import get_logger
+from infra.redis_bus import RedisBus, RedisSettings
 from infra.settings import Settings
+from infra.taskqueue import RedisTaskQueue
 from model.checkpoint import Checkpoint, load_or_random
 from model.engine import Engine
 from model.worker import Worker, WorkerSettings
 from signaling.auth import Authenticator, RateLimiter
-from signaling.background import BackgroundAgent
 from signaling.exposure import check_ops_key, exposure_warnings, install_access_log_redaction, security_headers
 from signaling.registry import CallRegistry
 from signaling.routes import add_routes, json_errors
@@ -34,9 +41,10 @@ log = get_logger(__name__)
 
 
 def create_app(
-    settings: Settings, *, background: BackgroundAgent | None = None, checkpoint: Checkpoint | None = None
+    settings: Settings, *, background: BackgroundClient | None = None, checkpoint: Checkpoint | None = None
 ) -> web.Application:
-    """`background`: the agent delegations go to (signaling/background.py); None = not wired.
+    """`background`: the queue background tasks go to, instead of the one the settings call
+    for (an in-process tools agent, or Redis); the caller runs its agents and closes it.
     `checkpoint`: an already loaded model to serve instead of loading `settings.checkpoint`
     (tests and embedders that start many apps in one process)."""
     app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors])
@@ -80,6 +88,12 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     bus = MemoryBus()
     worker = Worker(engine, bus, WorkerSettings())
     await worker.start()
+    agents = AsyncExitStack()  # the background agents we started (none when one was given)
+    try:
+        background = app.get(BACKGROUND) or await agents.enter_async_context(_background_agents(settings, bus))
+    except BaseException:
+        await worker.stop()
+        raise
     secret = settings.token_secret.get_secret_value().encode() if settings.token_secret else None
     for warning in exposure_warnings(settings):
         log.warning("serve.exposed", message=warning)
@@ -91,7 +105,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         calls=CallRegistry(),
         auth=Authenticator(settings.api_keys, secret, settings.token_ttl_s),
         limiter=RateLimiter(settings.rate_limit_per_min),
-        background=app.get(BACKGROUND),
+        background=background,
     )
     app[RUNTIME] = rt
     log.info(
@@ -106,9 +120,48 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         try:
             await rt.calls.close_all("server_shutdown")  # normally already done in on_shutdown
         finally:
+            try:
+                await agents.aclose()
+            except Exception as e:  # the worker and bus must still stop
+                log.error("serve.agents_close_failed", error=repr(e))
             await worker.stop()
             await bus.close()
             log.info("serve.stopped")
+
+
+@asynccontextmanager
+async def _background_agents(settings: Settings, bus: Bus) -> AsyncIterator[BackgroundClient]:
+    """Where background tasks go. Default: the tools agent in this process on the memory bus,
+    nothing to configure. With MICROTURN_REDIS_URL: Redis, worked by `microturn agent`
+    processes (plus one in here when MICROTURN_AGENT_IN_PROCESS is set)."""
+    if settings.redis_url is None:
+        local = await start_local_agent(bus, backend_settings=settings, settings=AgentSettings(consumer="local"))
+        log.info("serve.agents", mode="in-process", backend=settings.agent_backend)
+        try:
+            yield local.client
+        finally:
+            await local.aclose()
+        return
+    redis = RedisSettings.from_dsn(settings.redis_url)
+    rbus, queue = RedisBus(redis), RedisTaskQueue(redis)
+    try:
+        if settings.agent_in_process:
+            local = await start_local_agent(rbus, queue, backend_settings=settings)
+            log.info("serve.agents", mode="redis+in-process", backend=settings.agent_backend)
+            try:
+                yield local.client
+            finally:
+                await local.aclose()  # closes the queue too
+        else:
+            client = BackgroundClient(rbus, queue)
+            log.info("serve.agents", mode="redis")
+            try:
+                yield client
+            finally:
+                await client.aclose()
+                await queue.close()
+    finally:
+        await rbus.close()
 
 
 async def _close_calls(app: web.Application) -> None:

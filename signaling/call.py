@@ -24,7 +24,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiortc import (
     RTCConfiguration,
@@ -43,8 +43,10 @@ from media.output_track import OutputAudioTrack
 from model.worker import Worker
 from signaling import dtls
 from signaling.auth import Principal, RateLimiter
-from signaling.background import BackgroundAgent, DelegateRequest
+from signaling.background import CallBackground
 from signaling.events import (
+    BackgroundTaskCancel,
+    BackgroundTaskCreate,
     ClientEventError,
     ErrorEvent,
     InputTextAppend,
@@ -55,12 +57,15 @@ from signaling.events import (
 from signaling.ice import CandidateGate
 from signaling.transport import MediaTransport
 
+if TYPE_CHECKING:
+    from agents.client import BackgroundClient
+
 log = get_logger(__name__)
 
 EVENTS_LABEL = "events"
 MAX_CHANNEL_BUFFER = 256 * 1024  # bytes queued on the data channel before events are dropped
 CLIENT_EVENTS_PER_MIN = 600  # ~10/s sustained per call; more is a flood, answered with one error/s
-MAX_BACKGROUND_TASKS = 2  # concurrent delegations per call
+MAX_BACKGROUND_TASKS = 2  # running background tasks per call (client asks and <delegate>s)
 _CLOSE_PC_TIMEOUT_S = 5.0
 
 CallState = Literal["new", "connecting", "connected", "closing", "closed"]
@@ -96,7 +101,7 @@ class CallDeps:
     model_name: str
     trained: bool
     on_closed: Callable[[Call], None]
-    background: BackgroundAgent | None = None
+    background: BackgroundClient | None = None  # the background agents' queue; None = not wired
 
 
 def rtc_configuration(settings: Settings) -> RTCConfiguration:
@@ -133,6 +138,18 @@ class Call:
             video_fps=s.video_fps,
             on_delegate=self._delegate if deps.background is not None else None,
         )
+        self.background = (
+            CallBackground(
+                call_id,
+                deps.background,
+                self.send,
+                self.transport.push_background,
+                window=self.transport.window,
+                max_tasks=MAX_BACKGROUND_TASKS,
+            )
+            if deps.background is not None
+            else None
+        )
         self.channel: RTCDataChannel | None = None
         self.events_sent = 0
         self.events_dropped = 0
@@ -142,7 +159,6 @@ class Call:
         self._sub: Subscription | None = None
         self._engine_open = False
         self._tasks: set[asyncio.Task[None]] = set()
-        self._background_tasks = 0
         self._teardown: asyncio.Task[None] | None = None
         self._remote_ice: tuple[str, str] | None = None  # (ufrag, pwd) of the offer
         self._primary_mid: str | None = None  # where trickled candidates go (the BUNDLE transport)
@@ -230,6 +246,8 @@ class Call:
             self._spawn("audio-in", self.transport.consume_audio(self._audio_in))
         if self._video_in is not None:
             self._spawn("video-in", self.transport.consume_video(self._video_in))
+        if self.background is not None:
+            self._spawn("background", self.background.run())
         self._log.info("call.started", video=self._video_in is not None)
 
     # trickle ICE (PATCH /v1/calls/{id}) -------------------------------------------------------
@@ -306,6 +324,13 @@ class Call:
             event = parse_client_event(data, self.deps.settings.max_event_bytes)
             if isinstance(event, InputTextAppend):
                 self.transport.push_text(event.text)
+            elif isinstance(event, BackgroundTaskCreate | BackgroundTaskCancel):
+                if self.background is None:
+                    raise ClientEventError("background_unavailable", "no background model is configured on this server")
+                if isinstance(event, BackgroundTaskCreate):
+                    self.background.create(event)
+                else:
+                    self.background.cancel(event)
         except ClientEventError as e:
             self._client_error(e)
         except Exception:
@@ -397,6 +422,8 @@ class Call:
                 if isinstance(result, Exception):
                     self._log.warning("call.task_error_at_close", task=t.get_name(), error=repr(result))
             self._tasks.clear()
+            if self.background is not None:  # after its task: drop the results stream, end timers
+                await self.background.aclose()
             if self._sub is not None:
                 self._sub.close()
             self.output.stop()
@@ -427,27 +454,11 @@ class Call:
                     events_dropped=self.events_dropped,
                 )
 
-    # background seam --------------------------------------------------------------------------
-    def _delegate(self, request: DelegateRequest) -> None:
-        agent = self.deps.background
-        if agent is None or self.state == "closing":
-            return
-        if self._background_tasks >= MAX_BACKGROUND_TASKS:
-            self._log.info("call.delegation_dropped", turn=request.turn, running=self._background_tasks)
-            return
-        self._background_tasks += 1
-
-        async def run() -> None:
-            # a failing agent costs the page an error event, not the call
-            try:
-                await agent.delegate(request, self.transport)
-            except Exception:
-                self._log.exception("call.background_task_failed", turn=request.turn)
-                self.send(ErrorEvent(code="background_failed", message="the background task failed"))
-            finally:
-                self._background_tasks -= 1
-
-        self._spawn(f"background-{request.turn}", run())
+    # background model -----------------------------------------------------------------------
+    def _delegate(self, turn: int) -> None:
+        """The model emitted <delegate> (signaling/background.py queues the task)."""
+        if self.background is not None and self._teardown is None:
+            self.background.delegate(turn)
 
     # introspection ----------------------------------------------------------------------------
     def task_names(self) -> list[str]:

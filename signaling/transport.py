@@ -28,6 +28,7 @@ import av
 import msgspec
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from agents.context import ConversationWindow
 from infra import keys, metrics
 from infra.bus import Bus, BusClosed, Subscription
 from infra.logging import get_logger
@@ -36,9 +37,7 @@ from media.assembler import MicroTurnAssembler
 from media.output_track import OutputAudioTrack
 from media.resampler import Resampler
 from media.video_sampler import VideoSampler, to_rgb_160x120
-from signaling.background import DelegateRequest
 from signaling.events import (
-    BackgroundTaskDelta,
     MetricsLatency,
     ResponseTextDelta,
     ServerEvent,
@@ -49,8 +48,6 @@ log = get_logger(__name__)
 
 _MAX_TURN_STAMPS = 64  # turns in flight between the edge and the worker (~13 s): far more than ever needed
 _MAX_BACKGROUND_CHARS = 4096  # background text waiting for the next input turn
-_MAX_TRANSCRIPT_CHARS = 4000  # the conversation window handed to a delegation
-_MAX_SEEN_DELTAS = 1024  # (task_id, seq) pairs remembered to drop retried duplicates
 
 
 class MediaTransport:
@@ -66,7 +63,7 @@ class MediaTransport:
         emit: Callable[[ServerEvent], object],
         *,
         video_fps: float = 1.0,
-        on_delegate: Callable[[DelegateRequest], None] | None = None,
+        on_delegate: Callable[[int], None] | None = None,  # the turn whose output carried <delegate>
     ) -> None:
         self.session_id = session_id
         self.bus = bus
@@ -79,9 +76,8 @@ class MediaTransport:
         self._turn_in: OrderedDict[int, float] = OrderedDict()  # turn -> monotonic time its last sample arrived
         self._background: deque[str] = deque()
         self._background_chars = 0
-        self._seen_deltas: OrderedDict[tuple[str, int], None] = OrderedDict()
-        self._transcript: deque[str] = deque()
-        self._transcript_chars = 0
+        # what background tasks carry as context (signaling/background.py reads it)
+        self.window = ConversationWindow()
         self.last_activity = time.monotonic()
         # counters
         self.turns_in = 0
@@ -154,6 +150,7 @@ class MediaTransport:
     def push_text(self, text: str) -> None:
         """Typed user text (`input_text.append`): rides on the next micro-turn."""
         self.assembler.push_text(text)
+        self.window.append_user_text(text)
 
     # outbound ---------------------------------------------------------------------------------
     async def pump_outputs(self, sub: Subscription) -> None:
@@ -170,10 +167,10 @@ class MediaTransport:
             t_in = self._pop_stamp(out.turn)
             if out.caption:
                 self.emit(TranscriptUserDelta(turn=out.turn, delta=out.caption))
-                self._remember(f"user: {out.caption}")
+                self.window.append_user_caption(out.caption)
             if out.text:
                 self.emit(ResponseTextDelta(turn=out.turn, delta=out.text))
-                self._remember(f"model: {out.text}")
+                self.window.append_model_text(out.text)
             if t_in is not None and not out.gap:
                 server_ms = (now - t_in) * 1000.0
                 self.latencies_ms.append((server_ms, out.step_ms))
@@ -181,20 +178,12 @@ class MediaTransport:
                 metrics.EDGE_ADDED_LATENCY.observe(max(0.0, server_ms - out.step_ms) / 1000.0)
                 self.emit(MetricsLatency(turn=out.turn, server_ms=round(server_ms, 2), step_ms=round(out.step_ms, 2)))
             if out.delegate and self.on_delegate is not None:
-                self.on_delegate(DelegateRequest(self.session_id, out.turn, "\n".join(self._transcript)))
+                self.on_delegate(out.turn)
 
-    # background seam (signaling.background.BackgroundSink) ------------------------------------
-    def task_delta(self, task_id: str, seq: int, delta: str) -> None:
-        """A background answer piece: to the page now, into the model with the next turn."""
-        key = (task_id, seq)
-        if key in self._seen_deltas:
-            return  # a retried task re-sent it
-        self._seen_deltas[key] = None
-        while len(self._seen_deltas) > _MAX_SEEN_DELTAS:
-            self._seen_deltas.popitem(last=False)
-        self.emit(BackgroundTaskDelta(task_id=task_id, seq=seq, delta=delta))
-        self._background.append(delta)
-        self._background_chars += len(delta)
+    def push_background(self, text: str) -> None:
+        """Background-model text (signaling/background.py): rides on the next micro-turn."""
+        self._background.append(text)
+        self._background_chars += len(text)
         while self._background_chars > _MAX_BACKGROUND_CHARS and len(self._background) > 1:
             self._background_chars -= len(self._background.popleft())
 
@@ -212,12 +201,6 @@ class MediaTransport:
                 break
             del self._turn_in[k]
         return self._turn_in.pop(turn, None)
-
-    def _remember(self, line: str) -> None:
-        self._transcript.append(line)
-        self._transcript_chars += len(line)
-        while self._transcript_chars > _MAX_TRANSCRIPT_CHARS and len(self._transcript) > 1:
-            self._transcript_chars -= len(self._transcript.popleft())
 
     def export_metrics(self) -> None:
         """Add what the media objects counted since the last export to the process metrics."""

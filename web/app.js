@@ -352,7 +352,7 @@ function setChannelOpen(open) {
   ui.send.disabled = !open;
   ui.input.placeholder = open ? "Say something in text…" : "Join the call to type";
   ui.askInput.disabled = ui.ask.disabled = !open;
-  ui.askInput.placeholder = open ? "e.g. what is 2 to the power of 100?" : "Join the call to ask";
+  ui.askInput.placeholder = open ? "e.g. what is 2 to the power of 100" : "Join the call to ask";
 }
 
 function renderMic() {

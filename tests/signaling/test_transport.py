@@ -17,8 +17,7 @@ from infra import keys
 from infra.bus import MemoryBus, Subscription
 from infra.messages import TURN_SAMPLES, MicroTurnInput, MicroTurnOutput
 from media.output_track import OutputAudioTrack
-from signaling.background import DelegateRequest
-from signaling.events import BackgroundTaskDelta, MetricsLatency, ResponseTextDelta, ServerEvent, TranscriptUserDelta
+from signaling.events import MetricsLatency, ResponseTextDelta, ServerEvent, TranscriptUserDelta
 from signaling.transport import MediaTransport
 
 pytestmark = pytest.mark.timeout(10)
@@ -64,7 +63,7 @@ async def drain(sub: Subscription) -> list[bytes]:
 
 async def test_frames_become_turns_and_outputs_become_audio_events_and_latency(bus: MemoryBus) -> None:
     events: list[ServerEvent] = []
-    delegations: list[DelegateRequest] = []
+    delegations: list[int] = []
     track = OutputAudioTrack()
     t = MediaTransport("s1", bus, "local", track, events.append, on_delegate=delegations.append)
     inputs = bus.subscribe(keys.inputs("local"))
@@ -94,18 +93,14 @@ async def test_frames_become_turns_and_outputs_become_audio_events_and_latency(b
         assert kinds == [TranscriptUserDelta, ResponseTextDelta, MetricsLatency] * 2
         lat = [e for e in events if isinstance(e, MetricsLatency)]
         assert [e.turn for e in lat] == [0, 1] and all(e.server_ms >= 0 and e.step_ms == 3.0 for e in lat)
-        assert len(delegations) == 1 and delegations[0].turn == 1
-        assert "user: user0" in delegations[0].transcript and "model: model1" in delegations[0].transcript
+        assert delegations == [1]
+        # the conversation window background tasks carry: typed text, captions, model text
+        window = "\n".join(m.content for m in t.window.to_messages())
+        assert all(w in window for w in ("typed", "user0", "model0", "user1")), window
 
-        # the background agent answers: to the page at once, into the model with the next turn
-        events.clear()
-        t.task_delta("task-1", 0, "four")
-        t.task_delta("task-1", 0, "four")  # a retry's duplicate
-        t.task_delta("task-1", 1, ".")
-        assert events == [
-            BackgroundTaskDelta(task_id="task-1", seq=0, delta="four"),
-            BackgroundTaskDelta(task_id="task-1", seq=1, delta="."),
-        ]
+        # background answers ride into the model with the next turn, in order
+        t.push_background("four")
+        t.push_background(".")
         more = FramesTrack(40)
         more._i = 25  # the stream continues where it stopped
         await t.consume_audio(more)
