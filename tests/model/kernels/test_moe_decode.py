@@ -7,7 +7,7 @@ import torch
 
 from model.kernels import moe_decode, moe_decode_reference, moe_decode_triton
 from model.kernels.moe_decode import MOE_BLOCK_D, MOE_BLOCK_I
-from tests.model.kernels._helpers import cuda_only
+from tests.model.kernels._helpers import cuda_only, interpreter_only
 
 E = 4
 # Token 0 and 1 share experts 1 and 3 in different slots; token 2 picks expert 2 in both slots.
@@ -36,6 +36,7 @@ def _operands(
     )
 
 
+@interpreter_only
 @pytest.mark.parametrize(
     ("d", "i"),
     [(32, 48), (2 * MOE_BLOCK_D + 5, MOE_BLOCK_I + 9)],  # one block each; several with masked tails
@@ -46,6 +47,7 @@ def test_triton_matches_reference(d: int, i: int) -> None:
     torch.testing.assert_close(out, moe_decode_reference(*args), atol=1e-5, rtol=0)
 
 
+@interpreter_only
 def test_token_result_independent_of_batch() -> None:
     x, w_gate, w_up, w_down, idx, weight = _operands(32, 48, EXPERT_IDX)
     batched = moe_decode_triton(x, w_gate, w_up, w_down, idx, weight)

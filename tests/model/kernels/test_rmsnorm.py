@@ -7,7 +7,7 @@ import torch
 
 from model.kernels import rms_norm, rms_norm_reference, rms_norm_triton
 from model.kernels.rmsnorm import RMSNORM_BLOCK_D
-from tests.model.kernels._helpers import assert_rows_batch_invariant, cuda_only
+from tests.model.kernels._helpers import assert_rows_batch_invariant, cuda_only, interpreter_only
 
 D = 2 * RMSNORM_BLOCK_D + 37  # several blocks per row plus a masked tail
 EPS = 1e-5
@@ -20,6 +20,7 @@ def _operands(m: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -
     return x.to(device, dtype), weight.to(device, dtype)
 
 
+@interpreter_only
 def test_rows_batch_invariant_and_match_reference() -> None:
     x, weight = _operands(8)
     assert_rows_batch_invariant(lambda rows: rms_norm_triton(rows, weight, EPS), x)
