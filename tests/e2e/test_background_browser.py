@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -120,7 +120,7 @@ def server() -> Iterator[ThreadedServer]:
         s.stop()
 
 
-def _poll(fn, timeout: float):  # type: ignore[no-untyped-def]
+def _poll(fn: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not (value := fn()) and time.monotonic() < deadline:
         time.sleep(0.2)

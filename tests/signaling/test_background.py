@@ -21,6 +21,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from agents.client import BackgroundClient
+from agents.local import start_local_agent
 from infra import keys
 from infra.bus import MemoryBus, Subscription
 from infra.messages import (
@@ -32,12 +33,14 @@ from infra.messages import (
     TaskCancel,
     TaskEvent,
 )
-from infra.taskqueue import Delivery, MemoryTaskQueue
+from infra.redis_bus import RedisBus, RedisSettings
+from infra.taskqueue import Delivery, MemoryTaskQueue, RedisTaskQueue
 from signaling.app import RUNTIME, create_app
 from signaling.call import MAX_BACKGROUND_TASKS, Call
 from signaling.runtime import Runtime
 from tests.e2e.aiortc_client import Caller
 from tests.e2e.aiortc_server import call_tasks, edge_settings, tiny_checkpoint, wait_until
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -75,10 +78,15 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(queue: MemoryTaskQueue | None = None) -> AsyncIterator[Rig]:
+async def rig(queue: MemoryTaskQueue | None = None, redis_url: str | None = None) -> AsyncIterator[Rig]:
+    """`redis_url`: the app wires itself to Redis from its settings (the rig's own bus and
+    queue then stand idle); otherwise it gets a client on the rig's memory bus and queue."""
     bus, queue = MemoryBus(), queue or MemoryTaskQueue()
     client = BackgroundClient(bus, queue)
-    app = create_app(edge_settings(), background=client, checkpoint=tiny_checkpoint())
+    if redis_url is None:
+        app = create_app(edge_settings(), background=client, checkpoint=tiny_checkpoint())
+    else:
+        app = create_app(edge_settings(redis_url=redis_url), checkpoint=tiny_checkpoint())
     server = TestServer(app)
     await server.start_server()
     rt = app[RUNTIME]
@@ -252,3 +260,26 @@ async def test_delegate_queues_the_window_and_a_failed_submit_is_reported() -> N
         failed = await caller.wait_event(lambda e: e["type"] == "background.task.failed")
         assert failed["task_id"] == "full" and "unavailable" in failed["error"]
         assert call.background is not None and call.background.running == 1  # the delegation still runs
+
+
+async def test_with_a_redis_url_tasks_go_over_redis_to_agents_elsewhere(redis_server: RedisServer) -> None:
+    """MICROTURN_REDIS_URL set: the call's task waits on Redis (no agent runs in the edge)
+    until an agent with its own connection starts; its answer reaches page and model."""
+    async with rig(redis_url=redis_server.url) as r, live_call(r) as (caller, _):
+        assert r.rt.background is not None and isinstance(r.rt.background.bus, RedisBus)
+        caller.send(create("r1", "what is 12345678901234567890 times 3"))
+        await caller.wait_event(lambda e: e["type"] == "background.task.created")
+        await asyncio.sleep(1.0)
+        assert bg_events(caller, "r1") == [("created", "r1", "client", "what is 12345678901234567890 times 3")]
+
+        rs = RedisSettings.from_dsn(redis_server.url)
+        agent_bus, agent_queue = RedisBus(rs), RedisTaskQueue(rs)
+        agent = await start_local_agent(agent_bus, agent_queue)
+        try:
+            await caller.wait_event(lambda e: e["type"] == "background.task.done", 20)
+            answer = "".join(e[3] for e in bg_events(caller, "r1") if e[0] == "delta")
+            assert "37037036703703703670" in answer
+            await wait_until(lambda: "37037036703703703670" in r.background_text(), 10)
+        finally:
+            await agent.aclose()
+            await agent_bus.close()
