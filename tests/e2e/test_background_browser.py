@@ -13,6 +13,7 @@ Needs /usr/bin/chromium (Debian `chromium`) and the `playwright` Python package.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -129,10 +130,8 @@ def _poll(fn: Callable[[], bool], timeout: float) -> bool:
 
 def _dump(page: Page, console: list[str]) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    try:
+    with contextlib.suppress(Exception):
         page.screenshot(path=str(ARTIFACTS / "background_panel_failure.png"), full_page=True)
-    except Exception:
-        pass
     print("browser console:\n" + "\n".join(console[-50:]))
 
 
@@ -199,9 +198,7 @@ def _flow(page: Page, server: ThreadedServer) -> None:
     expect(made_up).to_have_attribute("data-state", "queued")
     made_up.get_by_role("button", name="Cancel background task made-up").click()
     expect(page.locator("#error-text")).to_contain_text("no background task 'made-up'", timeout=10_000)
-    page.evaluate(
-        "(m) => window.__microturn.dispatch(m)", {"type": "background.task.cancelled", "task_id": "made-up"}
-    )
+    page.evaluate("(m) => window.__microturn.dispatch(m)", {"type": "background.task.cancelled", "task_id": "made-up"})
     expect(made_up).to_have_attribute("data-state", "cancelled")
     expect(made_up.locator(".task-cancel")).to_be_hidden()
     expect(page.locator("#state")).to_have_attribute("data-state", "live")
