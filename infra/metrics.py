@@ -14,6 +14,13 @@ ACTIVE_SESSIONS = Gauge("microturn_active_sessions", "Sessions open on this work
 GAP_STEPS = Counter("microturn_gap_steps_total", "Turns stepped with zero-filled input because input was late")
 STALE_INPUTS = Counter("microturn_stale_inputs_total", "Inputs dropped because their turn was already stepped")
 BEHIND = Counter("microturn_worker_behind_total", "Steps that took longer than one micro-turn")
+SKIPPED_TURNS = Counter(
+    "microturn_skipped_turns_total", "Turns skipped (not gap-stepped) because a session's input leapt ahead"
+)
+SESSION_FAILURES = Counter("microturn_session_failures_total", "Sessions closed because their step raised")
+TEXT_TOKENS_DROPPED = Counter(
+    "microturn_text_tokens_dropped_total", "Typed-text tokens dropped because the session's text backlog was full"
+)
 
 # --- edge (signaling/) ---------------------------------------------------------------------
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)

@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     ice_credential: SecretStr | None = None
     # Camera frames the model sees per second (<= one per 200 ms micro-turn).
     video_fps: float = Field(1.0, gt=0, le=5)
+    # Largest data-channel message the SDP answer advertises (a=max-message-size); a peer that
+    # ignores it is hung up once twice this much waits in SCTP reassembly.
+    max_channel_message_bytes: int = Field(65_536, ge=1024)
+    # /readyz answers 503 when the engine completed no step for this long while calls wait on it.
+    engine_stall_s: float = Field(10.0, gt=0)
 
     # --- background-model backends (agents/backend.py) -------------------------------------
     # "tools": the embedded tools agent; "openai": any OpenAI-compatible /v1/chat/completions.

@@ -24,7 +24,13 @@ Failure handling, each with a counter (every buffer here is bounded):
   one buffer per missed turn: turns that would be dropped at once are only counted;
 - timestamp reset: `resync_after` consecutive frames more than `resync_samples` behind the
   emitted point rebase the clock so the stream continues at the write head (`resyncs`);
-  a single stray old packet is just dropped as late.
+  a single stray old packet is just dropped as late;
+- timestamp jump forward (a gateway restarting its timestamp base): when the caller passes
+  arrival times, a frame whose pts lies more than `resync_samples` beyond what the wall time
+  since the previous frame explains rebases the clock at once so it continues at the write
+  head (`resyncs`, `forward_resyncs`). Without this the turn numbers would leap ahead by hours,
+  and every turn in between would look missing downstream. A real outage advances pts and
+  wall time together and stays a zero-filled gap.
 
 Video and text are not on the audio clock (the RTP clocks of different tracks are only
 related through RTCP wall-clock anchors): the latest sampled frame and the text typed since
@@ -84,6 +90,7 @@ class MicroTurnAssembler:
         resync_samples: int = 32_000,  # 2 s
         resync_after: int = 3,
         max_text_chars: int = 4096,
+        sample_rate: int = 16_000,
     ) -> None:
         if turn_samples <= 0 or max_pending < 1 or reorder_samples < 0:
             raise ValueError("turn_samples > 0, max_pending >= 1 and reorder_samples >= 0 are required")
@@ -95,6 +102,7 @@ class MicroTurnAssembler:
         self.resync_samples = resync_samples
         self.resync_after = resync_after
         self.max_text_chars = max_text_chars
+        self.sample_rate = sample_rate
 
         self._origin: int | None = None  # pts of media-clock sample 0
         self._next_turn = 0  # every turn below this is finalised (ready, emitted or dropped)
@@ -102,6 +110,7 @@ class MicroTurnAssembler:
         self._open: dict[int, _OpenTurn] = {}  # turn index -> buffer; bounded by the reorder window
         self._ready: deque[_ReadyTurn] = deque()  # <= max_pending, enforced in _finalise
         self._far_late_run = 0
+        self._head_wall: float | None = None  # arrival time of the frame that last moved _max_end
         self._video: np.ndarray | None = None  # (120, 160, 3) uint8, latest not yet emitted
         self._text: deque[str] = deque()  # typed since the last emitted turn, <= max_text_chars total
         self._text_chars = 0
@@ -111,6 +120,7 @@ class MicroTurnAssembler:
         self.gaps = 0  # finalised turns with zero-filled audio
         self.dropped_stale = 0  # finalised turns dropped because the consumer was behind
         self.resyncs = 0
+        self.forward_resyncs = 0  # of which: pts leapt ahead of the wall clock
         # counters: frames / samples
         self.samples_in = 0
         self.dropped_late = 0  # pushes with samples at or before an already-finalised turn
@@ -122,8 +132,12 @@ class MicroTurnAssembler:
         self.dropped_text_chars = 0
 
     # inputs ----------------------------------------------------------------------------------
-    def push_audio(self, samples: np.ndarray, pts_samples: int) -> None:
-        """Place `samples` (16 kHz mono float) starting at media-clock index `pts_samples`."""
+    def push_audio(self, samples: np.ndarray, pts_samples: int, now: float | None = None) -> None:
+        """Place `samples` (16 kHz mono float) starting at media-clock index `pts_samples`.
+
+        `now`: the frame's arrival time in seconds (monotonic), which lets a forward timestamp
+        jump be told from a real outage; None (files, tests) trusts pts alone.
+        """
         x = np.asarray(samples, dtype=np.float32).reshape(-1)  # (n,)
         n = x.size
         if n == 0:
@@ -147,6 +161,16 @@ class MicroTurnAssembler:
                 self._far_late_run = 0
         else:
             self._far_late_run = 0
+            if now is not None and self._head_wall is not None and pos > self._max_end:
+                explained = (now - self._head_wall) * self.sample_rate  # samples the wall clock allows
+                if pos - self._max_end - explained > self.resync_samples:
+                    head = max(self._max_end, floor)
+                    self._origin += pos - head
+                    pos = head
+                    self.resyncs += 1
+                    self.forward_resyncs += 1
+        if now is not None and pos + n > self._max_end:
+            self._head_wall = now
 
         if pos < 0 and self._next_turn == 0 and pos >= -self.reorder_samples:
             # the first frame to arrive was not the first frame sent: move the origin back to it
@@ -185,23 +209,21 @@ class MicroTurnAssembler:
             self.video_replaced += 1
         self._video = f.copy()  # the caller may reuse its buffer; 57 KB at <= 1 fps
 
-    def push_text(self, text: str) -> None:
-        """Queue typed text for the next emitted turn; beyond `max_text_chars` the oldest goes."""
+    def push_text(self, text: str) -> bool:
+        """Queue typed text for the next emitted turn; False (and counted) when it does not fit.
+
+        At most `max_text_chars` wait for one turn. Text that would overflow is refused whole
+        rather than cutting older text: what was accepted stays intact, and the caller can tell
+        the client exactly which message was dropped.
+        """
         if not text:
-            return
+            return True
+        if self._text_chars + len(text) > self.max_text_chars:
+            self.dropped_text_chars += len(text)
+            return False
         self._text.append(text)
         self._text_chars += len(text)
-        while self._text_chars > self.max_text_chars:
-            head = self._text[0]
-            over = self._text_chars - self.max_text_chars
-            if len(head) <= over:
-                self._text.popleft()
-                self._text_chars -= len(head)
-                self.dropped_text_chars += len(head)
-            else:
-                self._text[0] = head[over:]
-                self._text_chars -= over
-                self.dropped_text_chars += over
+        return True
 
     # outputs ---------------------------------------------------------------------------------
     def pop_ready(self) -> list[MicroTurnInput]:

@@ -10,7 +10,9 @@ Decisions:
   same reason audio does: bursts from the jitter buffer must not produce bursts of samples.
   Frame n is due when it opens a new slot floor((pts - pts_0) * fps); slots are computed from
   the first pts with exact fractions, so the rate never drifts, and a reordered (older) frame
-  never replaces a newer one.
+  never replaces a newer one. A frame more than 2 s behind the newest slot is a timestamp
+  reset, not reordering: sampling restarts from it (`resyncs`) instead of waiting, possibly
+  hours, for the media clock to catch up.
 - Center-crop to 4:3, not letterbox: black bars would waste some of only 12 patches on
   nothing, and a 16:9 webcam loses ~12% at each side, where there is rarely anything the
   model needs (faces and held-up objects sit in the middle). Portrait video loses top/bottom.
@@ -53,6 +55,7 @@ class VideoSampler:
         # counters
         self.frames_in = 0
         self.frames_out = 0
+        self.resyncs = 0
 
     def due(self, frame: av.VideoFrame) -> bool:
         """True when `frame` opens a new sampling slot (advances the sampler if so)."""
@@ -78,6 +81,9 @@ class VideoSampler:
             if self._first is None:
                 self._first = pts * tb
             t = pts * tb - self._first
+            if self._last_slot is not None and math.floor(t * self.fps) < self._last_slot - 2 * self.fps:
+                self.resyncs += 1
+                self._first, self._last_slot, t = pts * tb, None, fractions.Fraction(0)
         slot = math.floor(t * self.fps)
         if self._last_slot is not None and slot <= self._last_slot:
             return False

@@ -5,12 +5,18 @@ session that has input in one batch: one ragged prefill of all IN_k, then batche
 OUT_k (model/session.py:step_batch). Sessions join and leave between steps. Memory is fixed
 at construction: `max_sessions` slots of `n_sinks + window` cache entries per layer, so a
 full worker says so (CapacityError) instead of accepting a call that would stutter.
+
+One session must not take the others down: `step_isolated` prepares each session's input on
+its own (a session that raises there is left out before any shared compute), and when the
+batched compute itself raises it reruns each session alone to find the one that fails. A
+failed session is closed (its state can no longer be trusted) and named with its reason.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,7 +24,8 @@ import torch
 from infra.messages import InputError, MicroTurnInput, MicroTurnOutput
 from model.attention import KVCache
 from model.interaction import InteractionModel
-from model.session import SessionState, step_batch
+from model.positions import Positions
+from model.session import SessionState, run_batch, step_batch
 from model.tokenizer import Tokenizer
 
 
@@ -42,6 +49,16 @@ class EngineStats:
     @property
     def free(self) -> int:
         return self.max_sessions - self.active
+
+
+@dataclass
+class StepResult:
+    outputs: list[MicroTurnOutput] = field(default_factory=list)  # for the sessions that stepped, in input order
+    failed: dict[str, str] = field(default_factory=dict)  # session_id -> why; these sessions are closed
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"[:300]
 
 
 class Engine:
@@ -86,12 +103,15 @@ class Engine:
 
     def close(self, session_id: str) -> None:
         with self._lock:
-            state = self._sessions.pop(session_id, None)
-            if state is None:
-                raise UnknownSession(session_id)
-            self.cache.reset(state.slot)  # nothing of this call survives into the next one
-            self._free.append(state.slot)
-            self._free.sort()
+            self._close_locked(session_id)
+
+    def _close_locked(self, session_id: str) -> None:
+        state = self._sessions.pop(session_id, None)
+        if state is None:
+            raise UnknownSession(session_id)
+        self.cache.reset(state.slot)  # nothing of this call survives into the next one
+        self._free.append(state.slot)
+        self._free.sort()
 
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._sessions
@@ -135,6 +155,51 @@ class Engine:
             for o, i in zip(outs, order, strict=True):
                 result[i] = o
             return result
+
+    def step_isolated(self, inputs: list[MicroTurnInput]) -> StepResult:
+        """Like `step`, but a session whose input or step raises is closed and reported in
+        `StepResult.failed` while every other session is stepped as if it had not been there."""
+        result = StepResult()
+        t0 = time.perf_counter()
+        with self._lock, torch.inference_mode():
+            ready: list[tuple[SessionState, MicroTurnInput, Positions]] = []
+            for inp in inputs:
+                state = self._sessions.get(inp.session_id)
+                if state is None or any(r[0] is state for r in ready):
+                    continue  # closed meanwhile, or a duplicate: nothing to step
+                try:
+                    ready.append((state, inp, state.prepare(inp, self.tokenizer)))
+                except Exception as e:
+                    result.failed[inp.session_id] = _reason(e)
+            ready.sort(key=lambda r: r[0].slot)  # slot order: attention reads the cache rows as one view
+            try:
+                outs = self._run(ready, t0)
+            except Exception as e:
+                if len(ready) == 1:
+                    result.failed[ready[0][0].session_id] = _reason(e)
+                    outs = []
+                else:
+                    # which one? run_batch changes no session state when it raises: rerun each alone
+                    outs = []
+                    for r in ready:
+                        try:
+                            outs += self._run([r], t0)
+                        except Exception as e1:
+                            result.failed[r[0].session_id] = _reason(e1)
+            for sid in result.failed:
+                if sid in self._sessions:
+                    self._close_locked(sid)
+        by_id = {o.session_id: o for o in outs}
+        result.outputs = [by_id[i.session_id] for i in inputs if i.session_id in by_id]
+        return result
+
+    def _run(self, ready: list[tuple[SessionState, MicroTurnInput, Positions]], t0: float) -> list[MicroTurnOutput]:
+        if not ready:
+            return []
+        states = [r[0] for r in ready]
+        inputs = [r[1] for r in ready]
+        chunks = [r[2] for r in ready]
+        return run_batch(self.model, self.cache, self.tokenizer, states, inputs, chunks, t_start=t0)
 
     @torch.no_grad()
     def warmup(self) -> None:

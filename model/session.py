@@ -2,7 +2,11 @@
 
 `SessionState` is everything one call owns besides its KV cache slot: featurizer tails, the
 vocoder's overlap state, the last output (it feeds the next turn's first output slot), and
-queues of typed and background text that did not fit into earlier turns (nothing is dropped).
+queues of typed and background text that did not fit into earlier turns. The model reads
+`max_text_tokens_per_turn` typed tokens per turn, so typed text that arrives faster would wait
+longer and longer: the typed-text backlog is capped (`max_text_backlog` tokens) and a message
+that does not fit is dropped whole, counted, and reported on the next output
+(`MicroTurnOutput.text_dropped`) so the client can be told.
 `step_batch` runs one micro-turn for many sessions: one ragged prefill of every IN_k, then
 `positions_per_turn` batched decode steps for OUT_k. `InteractionSession` is the
 single-session API on top of it; the engine (model/engine.py) is the same call over a slot pool.
@@ -29,6 +33,10 @@ from model.positions import Positions, input_positions, output_position, stack
 from model.tokenizer import Tokenizer
 from model.vision import frame_to_patches
 from model.vocoder import StreamingGriffinLim, push_batch
+
+# Typed tokens that may wait for the model: one full-size client event (4096 bytes, at most one
+# byte-level token per byte) always fits, and at 32 tokens per turn it is read within ~26 s.
+MAX_TEXT_BACKLOG = 4096
 
 
 class IncrementalDecoder:
@@ -76,6 +84,10 @@ class SessionState:
     pending_text: deque[int] = field(default_factory=deque)
     pending_bg: deque[int] = field(default_factory=deque)
     trace: list[TurnTrace] | None = None
+    max_text_backlog: int = MAX_TEXT_BACKLOG
+    text_dropped: int = 0  # typed tokens dropped since the last output said so
+    text_dropped_total: int = 0
+    bg_dropped: int = 0
 
     @classmethod
     def new(
@@ -103,12 +115,27 @@ class SessionState:
         frame = inp.video_array()
         patches = None if frame is None else frame_to_patches(frame, cfg)
         if inp.text:
-            self.pending_text.extend(tokenizer.encode(inp.text))
+            ids = tokenizer.encode(inp.text)
+            if len(self.pending_text) + len(ids) > self.max_text_backlog:
+                # whole, not truncated: what was accepted earlier stays intact and in order
+                self.text_dropped += len(ids)
+                self.text_dropped_total += len(ids)
+            else:
+                self.pending_text.extend(ids)
         if inp.background:
-            self.pending_bg.extend([tokenizer.bg_id, *tokenizer.encode(inp.background)])
+            bg = [tokenizer.bg_id, *tokenizer.encode(inp.background)]
+            if len(self.pending_bg) + len(bg) <= self.max_text_backlog:  # bounded like typed text
+                self.pending_bg.extend(bg)
+            else:
+                self.bg_dropped += len(bg)
         text_ids = _take(self.pending_text, cfg.max_text_tokens_per_turn)
         bg_ids = _take(self.pending_bg, cfg.max_background_tokens_per_turn)
         return input_positions(cfg, self.turn, self.next_pos, quantize(logmel, cfg), patches, text_ids, bg_ids)
+
+    def take_text_dropped(self) -> int:
+        """Typed tokens dropped since the previous call (reported once, on the next output)."""
+        n, self.text_dropped = self.text_dropped, 0
+        return n
 
 
 def _take(q: deque[int], n: int) -> list[int]:
@@ -124,15 +151,38 @@ def step_batch(
     inputs: list[MicroTurnInput],
 ) -> list[MicroTurnOutput]:
     """One micro-turn for every (state, input) pair: ragged prefill, then batched decode."""
-    cfg = model.cfg
-    device = cache.k.device
     t_start = time.perf_counter()
     chunks = [s.prepare(inp, tokenizer) for s, inp in zip(states, inputs, strict=True)]
+    return run_batch(model, cache, tokenizer, states, inputs, chunks, t_start=t_start)
+
+
+@torch.inference_mode()
+def run_batch(
+    model: InteractionModel,
+    cache: KVCache,
+    tokenizer: Tokenizer,
+    states: list[SessionState],
+    inputs: list[MicroTurnInput],
+    chunks: list[Positions],
+    *,
+    t_start: float | None = None,
+) -> list[MicroTurnOutput]:
+    """The batched part of a micro-turn, for chunks from `SessionState.prepare`.
+
+    Sessions' positions, last output, turn counter and vocoder change only after all the
+    compute succeeded, so when this raises it can be run again with the same chunks for a
+    subset of the sessions (model/engine.py isolates a failing session that way): the rerun
+    rewrites the cache entries the failed run wrote, at the same positions.
+    """
+    cfg = model.cfg
+    device = cache.k.device
+    t_start = time.perf_counter() if t_start is None else t_start
     slots = torch.tensor([s.slot for s in states], device=device)
     prefill = stack(chunks).to(device)
     hidden_in = model(prefill, cache, slots).hidden  # (B, T, D)
-    for s, c in zip(states, chunks, strict=True):
-        s.next_pos += c.shape[1]
+    next_pos = [s.next_pos + c.shape[1] for s, c in zip(states, chunks, strict=True)]
+    last_token = [s.last_token for s in states]
+    last_bins = [s.last_bins for s in states]
 
     P = cfg.positions_per_turn
     caption_logits = model.caption_head(hidden_in[:, :P])  # (B, P, V): audio positions come first
@@ -142,7 +192,9 @@ def step_batch(
     mels = []  # P x (B, F, M) log-mel
     out_hidden, out_logits, out_chunks = [], [], []
     for j in range(P):
-        step_chunks = [output_position(cfg, s.turn, j, s.next_pos, s.last_token, s.last_bins) for s in states]
+        step_chunks = [
+            output_position(cfg, s.turn, j, next_pos[b], last_token[b], last_bins[b]) for b, s in enumerate(states)
+        ]
         h = model(stack(step_chunks).to(device), cache, slots).hidden[:, 0]  # (B, D)
         logits = model.text_head(h)  # (B, V)
         tok = logits.argmax(-1)  # (B,) first maximum on ties
@@ -150,11 +202,11 @@ def step_batch(
         unit = model.flow.sample(model.flow_cond(h, tok), noise)
         mel = unit_to_mel(unit.clamp(-1, 1), cfg).view(-1, cfg.frames_per_position, cfg.n_mels)  # (B, F, M)
         bins = quantize(mel, cfg).cpu()
-        for b, s in enumerate(states):
-            s.next_pos += 1
-            s.last_token = int(tok[b])
-            s.last_bins = bins[b]
-            tokens[b].append(s.last_token)
+        for b in range(len(states)):
+            next_pos[b] += 1
+            last_token[b] = int(tok[b])
+            last_bins[b] = bins[b]
+            tokens[b].append(last_token[b])
         mels.append(mel.cpu())
         out_hidden.append(h)
         out_logits.append(logits)
@@ -165,6 +217,7 @@ def step_batch(
     step_ms = (time.perf_counter() - t_start) * 1000
     outputs = []
     for b, s in enumerate(states):
+        s.next_pos, s.last_token, s.last_bins = next_pos[b], last_token[b], last_bins[b]
         audio = audio_out[b]
         if s.trace is not None:
             n_in = chunks[b].shape[1]
@@ -188,6 +241,7 @@ def step_batch(
                 delegate=tokenizer.delegate_id in tokens[b],
                 gap=inputs[b].gap,
                 step_ms=step_ms,
+                text_dropped=s.take_text_dropped(),
             )
         )
         s.turn += 1

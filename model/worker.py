@@ -3,11 +3,19 @@
 Every session that has its next input ready joins the next batch. A session whose input is
 late (not there `late_ms` after it was due, or overtaken by a later turn) is stepped with a
 zero-filled input flagged `gap` so it never holds the batch back and its output stream never
-stalls; when the late input finally arrives it is dropped as stale. Turns are stepped strictly
-in order per session, so outputs are published in order, none lost or duplicated.
+stalls; when the late input finally arrives it is dropped as stale. A session whose next input
+is more than `max_pending` turns ahead (its turn numbers jumped, or the engine fell that far
+behind) skips straight to it instead of gap-stepping one missing turn per pass: at one gap
+step per pass it would never catch up, and every real input would be dropped as stale.
+Turns are stepped strictly in order per session, so outputs are published in order, none
+lost or duplicated.
 
 The engine runs in one dedicated thread (the event loop never blocks on model compute); open
 and close go through the same thread, so they serialize with steps without extra locking.
+
+A session whose step raises is closed by the engine while the rest of its batch is stepped
+(model/engine.py `step_isolated`); its call hears it as a last output carrying `error`. A step
+that hangs, or steps that keep failing, show in `stalled_s()`, which /readyz reports.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from infra import keys, metrics
 from infra.bus import Bus, BusClosed, Subscription
 from infra.logging import get_logger
 from infra.messages import MicroTurnInput, MicroTurnOutput
-from model.engine import Engine
+from model.engine import Engine, StepResult
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -62,6 +70,10 @@ class Worker:
         self.behind = 0
         self.gap_steps = 0
         self.stale_inputs = 0
+        self.skipped_turns = 0
+        self.failed_sessions = 0
+        self._step_started: float | None = None  # monotonic start of the step in flight
+        self._failing_since: float | None = None  # first of the steps that raised since the last success
         self._sessions: dict[str, _SessionQueue] = {}
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
@@ -91,6 +103,8 @@ class Worker:
     async def open(self, session_id: str, seed: int = 0) -> None:
         """Reserve a slot; raises model.engine.CapacityError when the worker is full."""
         await self._in_engine_thread(self.engine.open, session_id, seed)
+        if not self._sessions:
+            self._failing_since = None  # failures with no session left waiting are history
         self._sessions[session_id] = _SessionQueue()
         metrics.ACTIVE_SESSIONS.set(self.engine.stats().active)
 
@@ -132,6 +146,12 @@ class Worker:
         s = self.settings
         batch = []
         for sid, q in self._sessions.items():
+            if q.pending and (first := min(q.pending)) - q.next_turn > s.max_pending:
+                # turns that were never due in real time: resync instead of stepping each as a gap
+                self.skipped_turns += first - q.next_turn
+                metrics.SKIPPED_TURNS.inc(first - q.next_turn)
+                log.info("worker.turns_skipped", session_id=sid, from_turn=q.next_turn, to_turn=first)
+                q.next_turn = first
             entry = q.pending.pop(q.next_turn, None)
             if entry is not None:
                 inp, arrived = entry
@@ -168,21 +188,53 @@ class Worker:
             if not batch:
                 continue
             try:
-                outputs = await self._step(batch)
+                result = await self._step(batch)
             except Exception:
                 log.exception("worker.step_failed", batch=[i.session_id for i in batch])
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
                 continue
+            if result.outputs:
+                self._failing_since = None
+            elif result.failed and self._failing_since is None:
+                self._failing_since = time.monotonic()
+            outputs = list(result.outputs)
+            for inp in batch:
+                if (why := result.failed.get(inp.session_id)) is not None:
+                    outputs.append(self._session_failed(inp, why))
             for out in outputs:
                 try:
                     await self.bus.publish_struct(keys.outputs(out.session_id), out)
                 except BusClosed:
                     return
 
-    async def _step(self, batch: list[MicroTurnInput]) -> list[MicroTurnOutput]:
+    def _session_failed(self, inp: MicroTurnInput, why: str) -> MicroTurnOutput:
+        """The engine closed this session: forget it and tell its call (the last message it gets)."""
+        self._sessions.pop(inp.session_id, None)
+        self.failed_sessions += 1
+        metrics.SESSION_FAILURES.inc()
+        metrics.ACTIVE_SESSIONS.set(self.engine.stats().active)
+        log.error("worker.session_failed", session_id=inp.session_id, turn=inp.turn, error=why)
+        return MicroTurnOutput(session_id=inp.session_id, turn=inp.turn, audio=b"", gap=True, error=why)
+
+    def stalled_s(self) -> float:
+        """Seconds the engine has gone without completing a step while sessions wait on it: a
+        step in flight that long (a hung thread), or every step failing since then. 0 when
+        idle or healthy."""
+        if not self._sessions:
+            return 0.0
+        since = [t for t in (self._step_started, self._failing_since) if t is not None]
+        return time.monotonic() - min(since) if since else 0.0
+
+    async def _step(self, batch: list[MicroTurnInput]) -> StepResult:
         # sessions closed while their input waited are not stepped
         batch = [i for i in batch if i.session_id in self.engine]
         t0 = time.perf_counter()
-        outputs: list[MicroTurnOutput] = await self._in_engine_thread(self.engine.step, batch)
+        self._step_started = time.monotonic()
+        try:
+            result: StepResult = await self._in_engine_thread(self.engine.step_isolated, batch)
+        finally:
+            self._step_started = None
         dt = time.perf_counter() - t0
         self.step_times.append(dt)
         metrics.STEP_SECONDS.observe(dt)
@@ -193,4 +245,4 @@ class Worker:
             log.warning(
                 "worker.behind_real_time", step_ms=round(dt * 1000, 1), batch=len(batch), turn_ms=self.settings.turn_ms
             )
-        return outputs
+        return result

@@ -196,9 +196,13 @@ async def readyz(request: web.Request) -> web.Response:
     if rt is None:
         return web.json_response({"status": "starting"}, status=503)
     stats = rt.engine.stats()
-    ready = stats.free > 0 and rt.calls.accepting
+    # a hung or always-failing engine thread must not look ready (model/worker.py stalled_s)
+    stalled_s = rt.worker.stalled_s()
+    stalled = stalled_s > request.app[SETTINGS].engine_stall_s
+    ready = stats.free > 0 and rt.calls.accepting and not stalled
     body = {
-        "status": "ready" if ready else ("full" if rt.calls.accepting else "stopping"),
+        "status": "ready" if ready else ("stalled" if stalled else "full" if rt.calls.accepting else "stopping"),
+        "engine_stalled_s": round(stalled_s, 1),
         "sessions": stats.active,
         "max_sessions": stats.max_sessions,
         "calls": len(rt.calls),

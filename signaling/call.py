@@ -44,6 +44,7 @@ from model.worker import Worker
 from signaling import dtls
 from signaling.auth import Principal, RateLimiter
 from signaling.background import CallBackground
+from signaling.channel_limits import limit_inbound_messages
 from signaling.events import (
     BackgroundTaskCancel,
     BackgroundTaskCreate,
@@ -55,7 +56,7 @@ from signaling.events import (
     parse_client_event,
 )
 from signaling.ice import CandidateGate
-from signaling.transport import MediaTransport
+from signaling.transport import CloseCall, MediaTransport
 
 if TYPE_CHECKING:
     from agents.client import BackgroundClient
@@ -189,6 +190,12 @@ class Call:
                 await self.pc.setRemoteDescription(RTCSessionDescription(sdp=screened, type="offer"))
         except Exception as e:
             raise OfferError(f"cannot use this offer: {e}") from None
+        if self.pc.sctp is not None:  # before the answer, which advertises the limit
+            limit = self.deps.settings.max_channel_message_bytes
+            message = f"a data-channel message exceeded {limit} bytes (a=max-message-size)"
+            limit_inbound_messages(
+                self.pc.sctp, limit, lambda _: self.end_with(CloseCall("channel_message_too_large", message))
+            )
         first = parsed.media[0]
         if first.ice is not None and first.ice.usernameFragment and first.ice.password:
             self._remote_ice = (first.ice.usernameFragment, first.ice.password)
@@ -393,9 +400,18 @@ class Call:
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
+        if isinstance(exc, CloseCall):  # a media limit or the engine ended the call on purpose
+            self.end_with(exc)
+        elif exc is not None:
             self._log.error("call.task_failed", task=task.get_name(), error=repr(exc), exc_info=exc)
             self.begin_close("internal_error")
+
+    def end_with(self, e: CloseCall) -> None:
+        """End the call for `e.reason`, telling the peer why first."""
+        if self._teardown is None:
+            self._log.warning("call.refused", reason=e.reason, detail=e.message)
+            self.send(ErrorEvent(code=e.reason, message=e.message))
+        self.begin_close(e.reason)
 
     def begin_close(self, reason: str) -> asyncio.Task[None]:
         """Start the teardown (once; later reasons are ignored) and return its task."""

@@ -126,7 +126,8 @@ def _from_trusted_proxy(request: web.Request) -> bool:
 def anonymous_client(request: web.Request) -> str:
     """The limits key of an anonymous caller (X-Forwarded-For only from a trusted proxy)."""
     forwarded = request.headers.get("X-Forwarded-For")
-    return anonymous_client_id(client_address(request.remote, forwarded, request.app[TRUSTED_PROXIES]))
+    trusted: Networks = request.app[TRUSTED_PROXIES]
+    return anonymous_client_id(client_address(request.remote, forwarded, trusted))
 
 
 def check_origin(request: web.Request) -> None:

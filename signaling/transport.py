@@ -36,8 +36,10 @@ from infra.messages import MicroTurnOutput
 from media.assembler import MicroTurnAssembler
 from media.output_track import OutputAudioTrack
 from media.resampler import Resampler
+from media.video_limits import VideoGuard, VideoLimitError
 from media.video_sampler import VideoSampler, to_rgb_160x120
 from signaling.events import (
+    ErrorEvent,
     MetricsLatency,
     ResponseTextDelta,
     ServerEvent,
@@ -48,6 +50,16 @@ log = get_logger(__name__)
 
 _MAX_TURN_STAMPS = 64  # turns in flight between the edge and the worker (~13 s): far more than ever needed
 _MAX_BACKGROUND_CHARS = 4096  # background text waiting for the next input turn
+_TEXT_DROP_ERROR_EVERY_S = 1.0  # at most one `input_text_dropped` error event per second
+
+
+class CloseCall(Exception):
+    """Raised by a media task to end its call with `reason`; the peer is told `message`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
 
 
 class MediaTransport:
@@ -87,6 +99,9 @@ class MediaTransport:
         self.video_frames_used = 0
         self.latencies_ms: deque[tuple[float, float]] = deque(maxlen=1000)  # (server_ms, step_ms)
         self._exported: dict[str, int] = {}
+        self.text_chars_refused = 0  # typed text the edge refused (more than one turn's intake)
+        self.text_tokens_dropped = 0  # typed text the model's session dropped (backlog full)
+        self._last_text_error = float("-inf")
 
     def touch(self) -> None:
         """Something arrived from the peer: the call is not idle."""
@@ -107,7 +122,7 @@ class MediaTransport:
                 continue
             try:
                 for chunk in resampler.resample(frame):
-                    self.assembler.push_audio(chunk.samples, chunk.pts)
+                    self.assembler.push_audio(chunk.samples, chunk.pts, now)
                 ready = self.assembler.pop_ready()
             except Exception:  # one undecodable/odd frame must not end the call
                 self.frame_errors += 1
@@ -129,15 +144,22 @@ class MediaTransport:
     async def consume_video(self, track: MediaStreamTrack) -> None:
         """Read the peer's camera; convert only the frames the sampler keeps (<= fps), off the loop."""
         sampler = VideoSampler(self.video_fps)
+        guard = VideoGuard()
         loop = asyncio.get_running_loop()
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
-            self.last_activity = time.monotonic()
+            self.last_activity = now = time.monotonic()
             self.video_frames_in += 1
-            if not isinstance(frame, av.VideoFrame) or not sampler.due(frame):
+            if not isinstance(frame, av.VideoFrame):
+                continue
+            try:
+                guard.check(frame.width, frame.height, now)  # decode cost: refuse, it cannot be skipped
+            except VideoLimitError as e:
+                raise CloseCall(e.reason, str(e)) from None
+            if not sampler.due(frame):
                 continue
             try:
                 rgb = await loop.run_in_executor(None, to_rgb_160x120, frame)
@@ -148,8 +170,11 @@ class MediaTransport:
                 log.exception("call.video_frame_failed", call_id=self.session_id)
 
     def push_text(self, text: str) -> None:
-        """Typed user text (`input_text.append`): rides on the next micro-turn."""
-        self.assembler.push_text(text)
+        """Typed user text (`input_text.append`): rides on the next micro-turn, if it fits."""
+        if not self.assembler.push_text(text):
+            self.text_chars_refused += len(text)
+            self._text_dropped(f"{len(text)} characters were dropped")
+            return
         self.window.append_user_text(text)
 
     # outbound ---------------------------------------------------------------------------------
@@ -161,6 +186,13 @@ class MediaTransport:
             except msgspec.DecodeError as e:
                 log.warning("call.bad_output", call_id=self.session_id, error=str(e))
                 continue
+            if out.error:
+                log.error("call.engine_error", call_id=self.session_id, turn=out.turn, error=out.error)
+                raise CloseCall("engine_error", "the model failed on this call; please call again")
+            if out.text_dropped:
+                self.text_tokens_dropped += out.text_dropped
+                metrics.TEXT_TOKENS_DROPPED.inc(out.text_dropped)
+                self._text_dropped(f"{out.text_dropped} tokens were dropped")
             self.output.push(out.audio_array())
             now = time.monotonic()
             self.turns_out += 1
@@ -188,6 +220,15 @@ class MediaTransport:
             self._background_chars -= len(self._background.popleft())
 
     # bookkeeping ------------------------------------------------------------------------------
+    def _text_dropped(self, what: str) -> None:
+        """Tell the client its typed text was dropped (throttled: a flood gets one error a second)."""
+        now = time.monotonic()
+        if now - self._last_text_error < _TEXT_DROP_ERROR_EVERY_S:
+            return
+        self._last_text_error = now
+        message = f"typed text arrives faster than the model reads it: {what}; send less or wait"
+        self.emit(ErrorEvent(code="input_text_dropped", message=message))
+
     def _stamp(self, turn: int, t: float) -> None:
         self._turn_in[turn] = t
         while len(self._turn_in) > _MAX_TURN_STAMPS:

@@ -253,10 +253,12 @@ def test_text_and_video_ride_on_the_next_emitted_turn() -> None:
     nxt = asm.pop_ready()
     assert nxt[0].text == "" and nxt[0].video is None
 
-    asm.push_text("0123456789abc")  # bounded: the oldest characters go
+    # bounded: text that would overflow one turn's intake is refused whole, earlier text kept
+    assert asm.push_text("0123") and asm.push_text("456789")
+    assert not asm.push_text("abc")
     for pts, x in frames(50)[40:]:
         asm.push_audio(x, pts)
-    assert asm.pop_ready()[0].text == "3456789abc" and asm.dropped_text_chars == 3
+    assert asm.pop_ready()[0].text == "0123456789" and asm.dropped_text_chars == 3
     with pytest.raises(ValueError, match="uint8"):
         asm.push_video(np.zeros((120, 160, 3), np.float32))
 
@@ -322,3 +324,35 @@ def test_real_codec_round_trip_with_a_lost_packet(codec: str) -> None:
     assert abs(np.argmax(spec) * 16_000 / (2 * T) - 440) <= 16_000 / (2 * T)
     rms = float(np.sqrt(np.mean(y[800 : 2 * T] ** 2)))
     assert rms == pytest.approx(0.5 / np.sqrt(2), rel=0.1)
+
+
+def test_forward_timestamp_jump_resyncs_at_once_but_a_real_outage_stays_a_gap() -> None:
+    """A gateway that restarts its timestamp base an hour ahead must not make the turn numbers
+    leap by 18,000 (downstream, every turn in between would look missing): with arrival times
+    the jump is told apart from an outage, whose pts advance matches the wall clock."""
+    asm = MicroTurnAssembler(resync_samples=32_000)
+    items = frames(50)  # 1 s, arriving in real time
+    msgs = [m for i, (pts, x) in enumerate(items) for m in _push(asm, x, pts, now=i * 0.02)]
+    jump = 3600 * 16_000
+    later = [(pts + jump + 50 * F, x) for pts, x in frames(50)]  # the next second, an hour ahead on pts
+    msgs += [m for i, (pts, x) in enumerate(later) for m in _push(asm, x, pts, now=1.0 + i * 0.02)]
+    msgs += asm.finish()
+    assert asm.resyncs == asm.forward_resyncs == 1
+    assert [m.turn for m in msgs] == list(range(10))  # continuous: nothing skipped, nothing zero-filled
+    assert asm.gaps == 0 and asm.dropped_late == 0
+    np.testing.assert_array_equal(timeline(msgs, 10), np.concatenate([signal(50 * F), signal(50 * F)]))
+
+    # a 3 s outage: pts and wall clock advance together, so it is zero-filled, not resynced
+    out = MicroTurnAssembler(resync_samples=32_000)
+    got = [m for i, (pts, x) in enumerate(items[:25]) for m in _push(out, x, pts, now=i * 0.02)]
+    resume = [(pts + 3 * 16_000, x) for pts, x in items[25:]]
+    got += [m for i, (pts, x) in enumerate(resume) for m in _push(out, x, pts, now=3.5 + i * 0.02)]
+    got += out.finish()
+    assert out.resyncs == 0
+    assert got[-1].turn == (50 * F + 3 * 16_000 - 1) // T  # the stream continued 3 s later on the media clock
+    assert out.gaps + out.dropped_stale >= 15  # the outage's turns: zero-filled, or counted as never consumed
+
+
+def _push(asm: MicroTurnAssembler, x: np.ndarray, pts: int, now: float) -> list[MicroTurnInput]:
+    asm.push_audio(x, pts, now)
+    return asm.pop_ready()

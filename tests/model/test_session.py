@@ -137,3 +137,36 @@ def test_incremental_decoder_keeps_split_characters(tokenizer: Tokenizer) -> Non
     assert all("\ufffd" not in d for d in deltas)
     assert dec.push([tokenizer.pad_id, tokenizer.delegate_id]) == ""
     assert dec.push(tokenizer.encode("a\x07b\nc")) == "ab\nc"
+
+
+def test_typed_text_flood_is_bounded_dropped_whole_and_reported(
+    micro_model: InteractionModel, tokenizer: Tokenizer
+) -> None:
+    """Ten 4 KB messages a second used to pile up in the session (~40k tokens/s against 32 read
+    per turn), so what the user typed next was read minutes later. The backlog is capped, a
+    message that does not fit is dropped whole, and the next output says how many tokens went."""
+    from model.session import MAX_TEXT_BACKLOG
+
+    assert MAX_TEXT_BACKLOG >= 4096  # one full-size client event (<= 1 token per byte) always fits
+    sess = InteractionSession(micro_model, tokenizer, seed=1, trace=True)
+    sess.state.max_text_backlog = cap = 256  # small, to keep the test short; same code path
+    silence = np.zeros(TURN_SAMPLES, np.float32)
+    blob = "lorem ipsum dolor sit amet " * 10  # many times what the model reads per turn
+    n_blob = len(tokenizer.encode(blob))
+    assert n_blob <= cap < 2 * n_blob
+    outs = [sess.step_audio(silence, text=blob) for _ in range(8)]
+    state = sess.state
+    assert len(state.pending_text) <= cap
+    assert outs[0].text_dropped == 0 and {o.text_dropped for o in outs} == {0, n_blob}  # whole messages
+    assert state.text_dropped_total == sum(o.text_dropped for o in outs) >= 4 * n_blob
+    # what the user types next is read within the backlog's reading time, not minutes later
+    marker = tokenizer.encode(" zebra quartz")
+    sess.step_audio(silence, text=" zebra quartz")
+    fed: list[int] = []
+    for _ in range(cap // micro_model.cfg.max_text_tokens_per_turn + 2):
+        t = sess.trace[-1].chunks[0]
+        fed += [int(x) for x, s in zip(t.text[0], t.stream[0], strict=True) if s == 3]
+        if fed[-len(marker) :] == marker:
+            break
+        sess.step_audio(silence)
+    assert fed[-len(marker) :] == marker

@@ -572,3 +572,18 @@ async def test_api_keys_are_exempt_from_every_per_client_limit(peers: list[RTCPe
         assert_nothing_held(c)
     finally:
         await c.close()
+
+
+def test_hardening_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded defaults are the safe ones (the fixtures above override some for speed)."""
+    from infra.settings import Settings
+
+    for name in ("ALLOW_LOOPBACK_CANDIDATES", "ANONYMOUS_SLOT_SHARE", "MAX_ICE_CANDIDATES", "TRUSTED_PROXIES",
+                 "ALLOWED_ORIGINS", "TOKEN_SECRET", "OPS_KEY"):  # fmt: skip
+        monkeypatch.delenv(f"MICROTURN_{name}", raising=False)
+    s = Settings()
+    assert s.allow_loopback_candidates is False
+    assert s.anonymous_slot_share == 0.5
+    assert s.max_ice_candidates == 32
+    assert s.trusted_proxies == [] and s.allowed_origins == []
+    assert s.token_secret is None  # -> a random key per process (tested above)
