@@ -55,6 +55,7 @@ Source = Literal["client", "delegate", "timer"]
 _OUTBOX = 32  # submissions/cancels waiting for the queue; more is a client hammering it
 _MAX_FINISHED = 256  # finished task ids remembered so their late events are ignored
 _CLOSE_TIMEOUT_S = 3.0  # telling the agents the call ended must not hold up a teardown
+_READY_TIMEOUT_S = 5.0  # the results subscription finding its place in the stream
 
 
 @dataclass
@@ -104,20 +105,13 @@ class CallBackground:
         self._started = False
         self._closed = False
         self._log = log.bind(call_id=session_id)
-        # counters (tests, the call's log line)
-        self.created = 0
-        self.refused = 0
+        self.created = 0  # tasks queued
+        self.refused = 0  # over the cap
 
     @property
     def running(self) -> int:
         """Tasks this call started that have not finished (timers do not count)."""
         return sum(1 for t in self._tasks.values() if t.source != "timer")
-
-    def state_of(self, task_id: str) -> str | None:
-        t = self._tasks.get(task_id)
-        if t is not None:
-            return t.state
-        return "finished" if task_id in self._finished else None
 
     # triggers ---------------------------------------------------------------------------------
     def create(self, event: BackgroundTaskCreate) -> str:
@@ -197,9 +191,12 @@ class CallBackground:
         until cancelled by the call's teardown."""
         self._started = True
         stream = self._stream = self.client.results(self.session_id)
-        # subscribed before the first submission: on the memory bus an answer published
-        # before the subscription exists would be lost
-        await stream.ready()
+        # subscribed before the first submission: an answer published before the
+        # subscription knows where the stream stands would be lost. Bounded: with Redis down
+        # the submissions fail (and say so) instead of waiting unseen.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_READY_TIMEOUT_S):
+                await stream.ready()
         send = asyncio.create_task(self._send_loop(), name=f"call:{self.session_id}:background-send")
         try:
             async for ev in stream:
@@ -229,7 +226,7 @@ class CallBackground:
         task = self._tasks.get(ev.task_id)
         if task is None:
             if ev.task_id in self._finished:
-                return  # cancelled or timed out here; the agent had not heard yet
+                return  # cancelled here before the agent heard, or a failed submission
             if not ev.task_id.startswith(TIMER_PREFIX):
                 self._log.info("background.unknown_task_event", task_id=ev.task_id, kind=ev.kind)
                 return
@@ -279,5 +276,5 @@ class CallBackground:
             return  # never subscribed, never submitted: nothing for the agents to forget
         try:
             await asyncio.wait_for(self.client.session_ended(self.session_id), _CLOSE_TIMEOUT_S)
-        except Exception as e:  # Redis down at hang-up: the agents' own session TTLs clean up
+        except Exception as e:  # Redis down at hang-up: the call still ends, promptly
             self._log.warning("background.session_ended_failed", error=repr(e))
