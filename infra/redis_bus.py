@@ -169,7 +169,9 @@ class RedisBus(Bus):
         s = self.settings
         backoff = Backoff(s.backoff_min_s, s.backoff_max_s)
         last_id: Any = None  # bytes entry id; redis-py's stubs type replies loosely
-        while True:
+        # `_closed` as well as the cancel from close(): a cancellation redis-py swallows must
+        # not leave the reader running (the blocking read is bounded by block_ms).
+        while not sub._closed:
             try:
                 if last_id is None:
                     # XREVRANGE, not "$": the id is fixed before the first read, so nothing

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from agents.cli import add_agent_parser
 from model import cli as model_cli
 from model.eval.cli import add_eval_parser
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_cli.add_info_parser(sub)
     model_cli.add_train_parser(sub)
     add_eval_parser(sub)
+    add_agent_parser(sub)
     return parser
 
 
