@@ -124,6 +124,10 @@ class MemoryBus(Bus):
             if not subs:
                 del self._subs[sub.topic]
 
+    def subscribed_topics(self) -> dict[str, int]:
+        """Topic -> live subscriptions: what leak checks look at after calls end."""
+        return {topic: len(subs) for topic, subs in self._subs.items() if subs}
+
     async def close(self) -> None:
         self._closed = True
         for subs in list(self._subs.values()):

@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.client import BackgroundClient
 from agents.local import start_local_agent
 from agents.settings import AgentSettings
+from infra import memory
 from infra.bus import Bus, MemoryBus
 from infra.logging import get_logger
 from infra.redis_bus import RedisBus, RedisSettings
@@ -108,8 +109,11 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         background=background,
     )
     app[RUNTIME] = rt
+    # what is alive now lives as long as the process: keep the collector off it (infra/memory.py)
+    frozen = memory.freeze_heap()
     log.info(
         "serve.ready",
+        frozen_objects=frozen,
         max_sessions=settings.max_sessions,
         preset=ckpt.config.name,
         loop=type(loop).__module__.split(".")[0],  # "uvloop" under `microturn serve`
@@ -126,6 +130,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
                 log.error("serve.agents_close_failed", error=repr(e))
             await worker.stop()
             await bus.close()
+            memory.unfreeze_heap()
             log.info("serve.stopped")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 from infra import metrics
 from infra.logging import get_logger
+from infra.memory import Reclaimer
 from signaling.call import Call
 
 log = get_logger(__name__)
@@ -25,6 +26,8 @@ class CallRegistry:
         self._per_client: Counter[str] = Counter()
         self.anonymous_count = 0  # calls of anonymous pages (their share of slots is capped)
         self.accepting = True  # False once shutdown began: new calls get 503
+        # an ended call is cyclic garbage: collect it and give its pages back soon after it leaves
+        self.reclaimer = Reclaimer()
 
     def add(self, call: Call) -> None:
         if call.id in self._calls:
@@ -45,6 +48,8 @@ class CallRegistry:
         if self._per_client[client] <= 0:
             del self._per_client[client]
         metrics.CALLS_ACTIVE.set(len(self._calls))
+        if self.accepting:  # at shutdown the process is about to exit: nothing to give back
+            self.reclaimer.schedule()
 
     def get(self, call_id: str) -> Call | None:
         return self._calls.get(call_id)
@@ -64,6 +69,7 @@ class CallRegistry:
     async def close_all(self, reason: str) -> None:
         """Stop accepting and close every call (shutdown); one failing teardown doesn't stop the rest."""
         self.accepting = False
+        self.reclaimer.close()
         calls = list(self._calls.values())
         if not calls:
             return

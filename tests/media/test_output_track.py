@@ -170,3 +170,25 @@ async def test_stop_ends_the_track() -> None:
     assert track.readyState == "ended" and track.depth_samples == 0
     track.push(ramp(TURN))  # ignored after stop
     assert track.depth_samples == 0
+
+
+async def test_after_an_underrun_playback_waits_for_the_target_again() -> None:
+    """Running dry ends playback: the idle frames after it are silence, not an underrun each,
+    and a trickle below the target depth is held back instead of being played frame by frame."""
+    track = OutputAudioTrack()  # target: one micro-turn (200 ms)
+    track.push(ramp(TURN))
+    for _ in range(TURN // FRAME):
+        assert pcm(await track.recv()).any()
+    assert track.underruns == 0
+    for _ in range(5):  # dry: the first of these is the underrun, the rest are idle
+        assert not pcm(await track.recv()).any()
+    assert track.underruns == 1 and track.silence_frames == 5
+
+    track.push(ramp(FRAME, 7000))  # a lone 20 ms frame, far below the target
+    assert not pcm(await track.recv()).any()  # held until the target is queued again
+    assert track.depth_samples == FRAME and track.underruns == 1
+    track.push(ramp(TURN - FRAME, 7000 + FRAME))  # now a whole turn is queued: play it, in order
+    for k in range(TURN // FRAME):
+        np.testing.assert_array_equal(pcm(await track.recv()), np.rint(ramp(FRAME, 7000 + k * FRAME) * 32767))
+    assert track.underruns == 1
+    track.stop()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,23 @@ def test_corrupt_weights_are_named(saved: Path) -> None:
     (saved / "model.safetensors").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"model\.safetensors: checksum mismatch"):
         load_checkpoint(saved)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
+def test_modified_config_or_tokenizer_is_named(saved: Path, name: str) -> None:
+    """Every file the manifest lists is checked, not only the weights. The edit keeps the file
+    valid and its meaning the same, so the checksum is the only thing that can catch it."""
+    f = saved / name
+    original = f.read_bytes()
+    f.write_text(json.dumps(json.loads(original), indent=3) + "\n")
+    assert f.read_bytes() != original
+    with pytest.raises(CheckpointError, match=rf"{re.escape(name)}: checksum mismatch"):
+        load_checkpoint(saved)
+    # re-checksummed, the edited file loads: only the checksum told the difference
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["sha256"][name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    load_checkpoint(saved)
 
 
 def test_truncated_weights_without_manifest_check(saved: Path) -> None:
