@@ -4,8 +4,8 @@ Runs under Debian's /usr/bin/python3 (python3-gi + GStreamer 1.22), not the proj
 it uses only the standard library and `gi`. It offers one sendrecv audio m-line (Opus or PCMU,
 no data channel, like a SIP gateway), sends a real-time source (a wav file or a tone), POSTs
 the offer as `application/sdp` with a Bearer token, applies the answer, records what the
-server sends back until it has `--seconds` of audio (or `--timeout` passes), DELETEs the call
-and prints one JSON summary line on stdout:
+server sends back until it has `--seconds` of audio and 0.5 s more after a sample of at least
+`--min-peak` (or `--timeout` passes), DELETEs the call and prints one JSON summary line on stdout:
 
     /usr/bin/python3 tests/e2e/gst_client.py http://127.0.0.1:8080 --token KEY --codec pcmu
 
@@ -37,6 +37,7 @@ gi.require_version("GstApp", "1.0")
 from gi.repository import Gst, GstApp, GstSdp, GstWebRTC  # noqa: E402
 
 RATE = 16_000  # what the received audio is converted to before it is measured
+AFTER_LOUD = RATE // 2  # samples kept recording after the first loud one (--min-peak)
 
 # encoder -> payloader, with the caps webrtcbin needs to build the m-line
 _SEND = {
@@ -76,9 +77,11 @@ class Summary:
 class Receiver:
     """Decoded audio from the server, converted to 16 kHz mono S16 and accumulated."""
 
-    def __init__(self) -> None:
+    def __init__(self, loud: float) -> None:
         self.lock = threading.Lock()
         self.pcm = array.array("h")
+        self.loud = int(loud * 32768)  # int16 level that counts as "loud"
+        self.loud_at: int | None = None  # sample index where the first loud buffer began
 
     def on_sample(self, sink: GstApp.AppSink) -> Gst.FlowReturn:
         sample = sink.emit("pull-sample")
@@ -92,6 +95,8 @@ class Receiver:
             finally:
                 buf.unmap(info)
             with self.lock:
+                if self.loud_at is None and max((abs(v) for v in chunk), default=0) >= self.loud:
+                    self.loud_at = len(self.pcm)
                 self.pcm.extend(chunk)
         return Gst.FlowReturn.OK
 
@@ -101,9 +106,9 @@ class Receiver:
 
 
 class GstCaller:
-    def __init__(self, codec: str, wav: str | None) -> None:
+    def __init__(self, codec: str, wav: str | None, loud: float) -> None:
         self.codec = codec
-        self.receiver = Receiver()
+        self.receiver = Receiver(loud)
         if wav:
             # filesrc is not live: clocksync paces it like a microphone
             src = f"filesrc location={wav} ! wavparse ! audioconvert ! audioresample ! clocksync"
@@ -220,7 +225,7 @@ def _level(pcm: array.array[int]) -> tuple[float, float]:
 
 def run(args: argparse.Namespace) -> Summary:
     s = Summary(codec=args.codec)
-    caller = GstCaller(args.codec, args.wav)
+    caller = GstCaller(args.codec, args.wav, args.min_peak)
     try:
         caller.start()
         offer = caller.offer(timeout=5)
@@ -249,7 +254,10 @@ def run(args: argparse.Namespace) -> Summary:
             if (err := caller.bus_error()) is not None:
                 s.error = err
                 break
-            if len(caller.receiver.samples()) >= want:
+            rx = caller.receiver
+            with rx.lock:
+                n, loud_at = len(rx.pcm), rx.loud_at
+            if n >= want and (args.min_peak <= 0 or (loud_at is not None and n - loud_at >= AFTER_LOUD)):
                 break
             time.sleep(0.05)
         else:
@@ -279,6 +287,7 @@ def main() -> None:
     p.add_argument("--wav", help="send this wav file (paced in real time) instead of a tone")
     p.add_argument("--out", help="write the received audio here (16 kHz mono wav)")
     p.add_argument("--seconds", type=float, default=2.0, help="stop once this much audio came back")
+    p.add_argument("--min-peak", type=float, default=0.0, help="and until 0.5 s after a sample this loud (0-1)")
     p.add_argument("--timeout", type=float, default=15.0, help="give up after this long connected or not")
     args = p.parse_args()
     Gst.init(None)
