@@ -1,7 +1,8 @@
 """`Call`: one peer connection with its tracks, data channel, engine session and tasks.
 
 A call owns everything it starts and releases all of it on every exit path — hang-up
-(DELETE), the peer closing, ICE/DTLS failure, never connecting (`connect_timeout_s`), going
+(DELETE), the peer closing, ICE or DTLS failure (`ice_failed` / `dtls_failed`, told apart by
+signaling/dtls.py), never connecting (`connect_timeout_s`), going
 silent (`idle_timeout_s`: no media and no data-channel message, i.e. a client that vanished
 without a goodbye), running too long (`max_call_s`), an internal error, server shutdown — all
 through one idempotent `close(reason)`. Teardown runs as its own task, shielded from whoever
