@@ -199,6 +199,10 @@ class Worker:
             elif result.failed and self._failing_since is None:
                 self._failing_since = time.monotonic()
             outputs = list(result.outputs)
+            turns = {inp.session_id: inp.turn for inp in batch}
+            for out in outputs:
+                # the input's turn number, not the session's step count: they differ once turns were skipped
+                out.turn = turns[out.session_id]
             for inp in batch:
                 if (why := result.failed.get(inp.session_id)) is not None:
                     outputs.append(self._session_failed(inp, why))
