@@ -110,3 +110,103 @@ async def test_frames_become_turns_and_outputs_become_audio_events_and_latency(b
         pump.cancel()
         inputs.close()
         track.stop()
+
+
+class BigVideoTrack(MediaStreamTrack):
+    """Decoded camera frames of any size, as fast as they are read."""
+
+    kind = "video"
+
+    def __init__(self, width: int, height: int, n_frames: int = 1000, fps: int = 30) -> None:
+        super().__init__()
+        self.width, self.height, self.n_frames, self.fps = width, height, n_frames, fps
+        self._i = 0
+
+    async def recv(self) -> av.VideoFrame:
+        if self._i >= self.n_frames:
+            raise MediaStreamError
+        f = av.VideoFrame(self.width, self.height, "yuv420p")
+        f.pts = self._i * 90_000 // self.fps
+        f.time_base = fractions.Fraction(1, 90_000)
+        self._i += 1
+        return f
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "reason"),
+    [(3840, 2160, "video_too_large"), (1080, 1921, "video_too_large"), (320, 240, "video_rate_too_high")],
+)
+async def test_video_beyond_the_limits_ends_the_call_with_a_reason(
+    bus: MemoryBus, width: int, height: int, reason: str
+) -> None:
+    """Any resolution and frame rate used to be decoded and accepted; decode work cannot be
+    skipped frame by frame, so an oversize or flooding camera ends the call with a clear reason.
+    (The small track here delivers frames as fast as they are read: far above 60 fps.)"""
+    from signaling.transport import CloseCall
+
+    track = OutputAudioTrack()
+    t = MediaTransport("s1", bus, "local", track, lambda e: None)
+    try:
+        with pytest.raises(CloseCall) as info:
+            await t.consume_video(BigVideoTrack(width, height))
+        assert info.value.reason == reason
+        if reason == "video_too_large":
+            assert f"{width}x{height}" in info.value.message
+            assert t.video_frames_in == 1 and t.video_frames_used == 0  # refused before any conversion
+        else:
+            assert t.video_frames_in == 121  # one 2 s window at 60 fps: the flood is caught when it fills
+    finally:
+        track.stop()
+
+
+async def test_a_normal_camera_is_accepted(bus: MemoryBus) -> None:
+    track = OutputAudioTrack()
+    t = MediaTransport("s1", bus, "local", track, lambda e: None)
+
+    class Paced(BigVideoTrack):
+        async def recv(self) -> av.VideoFrame:
+            await asyncio.sleep(1 / 60)  # 60 fps at most: within the limit
+            return await super().recv()
+
+    try:
+        await t.consume_video(Paced(1920, 1080, n_frames=40, fps=30))
+        assert t.video_frames_in == 40 and t.video_frames_used >= 1
+    finally:
+        track.stop()
+
+
+async def test_engine_error_and_dropped_text_reach_the_client(bus: MemoryBus) -> None:
+    """Typed text the edge or the session drops is answered with an `error` event (it used to
+    queue without limit); a session the engine closed ends the call as `engine_error`."""
+    from signaling.events import ErrorEvent
+    from signaling.transport import CloseCall
+
+    events: list[ServerEvent] = []
+    track = OutputAudioTrack()
+    t = MediaTransport("s1", bus, "local", track, events.append)
+    outputs = bus.subscribe(keys.outputs("s1"))
+    pump = asyncio.create_task(t.pump_outputs(outputs))
+    try:
+        t.push_text("a" * 4000)
+        t.push_text("b" * 200)  # more than one turn's intake: refused whole, the client told
+        assert t.text_chars_refused == 200
+        errors = [e for e in events if isinstance(e, ErrorEvent)]
+        assert [e.code for e in errors] == ["input_text_dropped"] and "200 characters" in errors[0].message
+
+        t._last_text_error = float("-inf")  # (the error is throttled to one a second)
+        silence = np.zeros(TURN_SAMPLES, np.float32).tobytes()
+        await bus.publish_struct(
+            keys.outputs("s1"), MicroTurnOutput(session_id="s1", turn=0, audio=silence, text_dropped=77)
+        )
+        await bus.publish_struct(
+            keys.outputs("s1"), MicroTurnOutput(session_id="s1", turn=1, audio=b"", error="RuntimeError: boom")
+        )
+        with pytest.raises(CloseCall) as info:
+            await asyncio.wait_for(pump, 5)
+        assert info.value.reason == "engine_error"
+        errors = [e for e in events if isinstance(e, ErrorEvent)]
+        assert errors[-1].code == "input_text_dropped" and "77 tokens" in errors[-1].message
+        assert t.text_tokens_dropped == 77 and track.depth_samples == TURN_SAMPLES
+    finally:
+        pump.cancel()
+        track.stop()
