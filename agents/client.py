@@ -28,6 +28,7 @@ from infra import keys
 from infra.bus import Bus, BusUnavailable, Subscription
 from infra.logging import get_logger
 from infra.messages import BackgroundTask, SessionEnded, TaskCancel, TaskEvent
+from infra.redis_bus import cancel_and_wait
 from infra.taskqueue import TaskQueue
 
 log = get_logger(__name__)
@@ -160,10 +161,12 @@ class BackgroundClient:
         self.max_open = max_open
         self.stream_queue = stream_queue
         self.resubmitted = 0
+        self.restarts_seen = 0  # times the queue's storage was found restarted
         self._open: OrderedDict[str, _Open] = OrderedDict()  # by task_id, oldest first
         self._streams: dict[str, set[ResultStream]] = {}
         self._generation: int | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def submit(self, task: BackgroundTask) -> None:
         """Queue a task. Raises BusUnavailable / QueueFull when it could not be queued."""
@@ -188,10 +191,9 @@ class BackgroundClient:
         await self.bus.publish_struct(keys.bg_control(), SessionEnded(session_id=session_id))
 
     async def aclose(self) -> None:
+        self._closing = True
         if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+            await cancel_and_wait(self._watchdog)
             self._watchdog = None
         for streams in list(self._streams.values()):
             for s in list(streams):
@@ -209,11 +211,11 @@ class BackgroundClient:
             o.last_progress = time.monotonic()
 
     def _start_watchdog(self) -> None:
-        if self._watchdog is None or self._watchdog.done():
+        if not self._closing and (self._watchdog is None or self._watchdog.done()):
             self._watchdog = asyncio.create_task(self._watch(), name="bg-client-watchdog")
 
     async def _watch(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.check_every_s)
             try:
                 await self._check()
@@ -226,6 +228,7 @@ class BackgroundClient:
         gen = await self.queue.generation()
         lost = self._generation is not None and gen != self._generation
         self._generation = gen
+        self.restarts_seen += lost
         now = time.monotonic()
         for tid, o in list(self._open.items()):
             if not lost and now - o.last_progress < self.stall_s:

@@ -41,7 +41,7 @@ from infra import keys
 from infra.bus import Bus, BusClosed, BusUnavailable, Subscription
 from infra.logging import get_logger
 from infra.messages import BackgroundTask, ControlMessage, SessionEnded, TaskCancel, TaskEvent
-from infra.redis_bus import Backoff
+from infra.redis_bus import Backoff, cancel_and_wait
 from infra.taskqueue import Delivery, TaskQueue
 
 log = get_logger(__name__)
@@ -144,15 +144,11 @@ class AgentWorker:
         self._stopping = True
         if self._control is not None:
             self._control.close()
-        # The loops see _stopping / the closed subscription within one bounded read; they
-        # are not cancelled mid-command (redis-py has been seen to swallow a cancellation
-        # that lands inside XAUTOCLAIM, leaving a loop running).
+        # The loops see _stopping / the closed subscription within one bounded read, so they
+        # are not cut mid-command (see cancel_and_wait for why a single cancel() is not enough)
         _, late = await asyncio.wait(self._loops, timeout=self.settings.read_block_s + 5.0)
         for t in late:
-            t.cancel()
-        for t in self._loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
         self._loops = []
         drain = self.settings.drain_s if drain_s is None else drain_s
         runs = [r for r in self._runs.values() if r.task is not None]
@@ -162,11 +158,7 @@ class AgentWorker:
         left = [r for r in self._runs.values() if r.task is not None and not r.task.done()]
         for r in left:
             assert r.task is not None
-            r.task.cancel()
-        for r in left:
-            assert r.task is not None
-            with contextlib.suppress(asyncio.CancelledError):
-                await r.task
+            await cancel_and_wait(r.task)
             if await self._retrying(lambda r=r: self.queue.release(r.delivery), self.settings.give_up_s):  # type: ignore[misc]
                 self.stats.released += 1
         if left:

@@ -91,6 +91,17 @@ class Backoff:
         self.failures = 0
 
 
+async def cancel_and_wait(task: asyncio.Task[Any], every_s: float = 0.2) -> None:
+    """Cancel `task` and wait for it to end, cancelling again while it runs: redis-py can
+    swallow a cancellation that lands at the wrong moment inside a command (redis-py #2028,
+    #2551), which would leave a loop running forever after a single cancel()."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=every_s)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class RedisSubscription(Subscription):
     def __init__(self, bus: RedisBus, topic: str, maxsize: int) -> None:
         super().__init__(bus, topic, maxsize)
@@ -161,16 +172,14 @@ class RedisBus(Bus):
             for sub in list(subs):
                 sub.close()
         for r in readers:
-            with contextlib.suppress(asyncio.CancelledError):
-                await r
+            await cancel_and_wait(r)
         await self._redis.aclose()
 
     async def _read(self, sub: RedisSubscription) -> None:
         s = self.settings
         backoff = Backoff(s.backoff_min_s, s.backoff_max_s)
         last_id: Any = None  # bytes entry id; redis-py's stubs type replies loosely
-        # `_closed` as well as the cancel from close(): a cancellation redis-py swallows must
-        # not leave the reader running (the blocking read is bounded by block_ms).
+        # `_closed` as well as the cancel from close(): see cancel_and_wait
         while not sub._closed:
             try:
                 if last_id is None:
