@@ -79,3 +79,38 @@ def test_output_feeds_the_assembler() -> None:
     asm.push_audio(np.full(3200, 0.1, np.float32), 0)
     (msg,) = asm.pop_ready()
     np.testing.assert_array_equal(msg.video_array(), frame)
+
+
+def test_a_backwards_timestamp_reset_resyncs_instead_of_freezing_the_video() -> None:
+    """A sender that restarts its clock backwards used to freeze sampling until the media clock
+    caught up again (up to 13 h at 90 kHz); now sampling restarts from the reset."""
+    s = VideoSampler(fps=1.0)
+    due = []
+    for i in range(90):  # 3 s at 30 fps
+        f = av.VideoFrame(64, 48, "yuv420p")
+        f.pts, f.time_base = 5_000_000 + i * 3000, fractions.Fraction(1, 90_000)
+        due.append(s.due(f))
+    for i in range(90):  # the clock restarts an hour back
+        f = av.VideoFrame(64, 48, "yuv420p")
+        f.pts, f.time_base = 5_000_000 - 3600 * 90_000 + i * 3000, fractions.Fraction(1, 90_000)
+        due.append(s.due(f))
+    assert s.resyncs == 1
+    assert sum(due[:90]) == 3 and sum(due[90:]) == 3  # one frame a second on both sides of the reset
+
+
+def test_video_guard_limits() -> None:
+    from media.video_limits import VideoGuard, VideoLimitError, VideoLimits
+
+    g = VideoGuard(VideoLimits(max_fps=10, window_s=1.0))
+    g.check(1920, 1080, 0.0)
+    g.check(1080, 1920, 0.1)  # portrait is the same size
+    with pytest.raises(VideoLimitError) as e:
+        g.check(1921, 1080, 0.2)
+    assert e.value.reason == "video_too_large"
+    g = VideoGuard(VideoLimits(max_fps=10, window_s=1.0))
+    for i in range(30):  # 8 fps in bursts of two: within the limit averaged over the window
+        g.check(640, 480, (i // 2) * 0.25)
+    with pytest.raises(VideoLimitError) as e:
+        for i in range(20):
+            g.check(640, 480, 10.0 + i * 0.01)  # 100 fps
+    assert e.value.reason == "video_rate_too_high"
