@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from infra.messages import MicroTurnInput
 from model.session import SessionState
 from tests.e2e.aiortc_client import Caller, synthetic_speech
 from tests.e2e.aiortc_server import edge_settings, running_edge, wait_until
@@ -104,7 +105,7 @@ async def test_readyz_reports_an_engine_that_completes_no_step(
         worker = edge.rt.worker
         real = worker.engine.step_isolated
 
-        def hung(inputs: list) -> object:  # type: ignore[type-arg]
+        def hung(inputs: list[MicroTurnInput]) -> object:
             release.wait(30)
             return real(inputs)
 

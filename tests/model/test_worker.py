@@ -171,7 +171,9 @@ async def test_a_session_whose_step_raises_is_closed_and_its_batch_keeps_going(
     else:  # the batched compute raises whenever the bad session is in it
         real_run = engine_mod.run_batch
 
-        def run_batch(model: object, cache: object, tok: object, states: list[SessionState], *a: object, **kw: object):  # type: ignore[no-untyped-def]
+        def run_batch(
+            model: object, cache: object, tok: object, states: list[SessionState], *a: object, **kw: object
+        ) -> object:
             if any(s.session_id == "bad" and s.turn >= 2 for s in states):
                 raise RuntimeError("poisoned batch")
             return real_run(model, cache, tok, states, *a, **kw)  # type: ignore[arg-type]
