@@ -93,12 +93,15 @@ class Reclaimer:
         self._timer = None
         t0 = time.perf_counter()
         freed = gc.collect()
+        t1 = time.perf_counter()
         trim()
+        t2 = time.perf_counter()
         self.runs += 1
-        self.last_ms = (time.perf_counter() - t0) * 1000
-        log.debug("memory.reclaimed", objects=freed, ms=round(self.last_ms, 2))
-        if self.last_ms > 50:  # the heap was not frozen, or something keeps a huge young heap
-            log.warning("memory.reclaim_slow", ms=round(self.last_ms, 1), objects=freed)
+        self.last_ms = (t2 - t0) * 1000
+        gc_ms, trim_ms = round((t1 - t0) * 1000, 2), round((t2 - t1) * 1000, 2)
+        log.debug("memory.reclaimed", objects=freed, gc_ms=gc_ms, trim_ms=trim_ms)
+        if self.last_ms > 250:  # the heap was not frozen, or something keeps a huge young heap
+            log.warning("memory.reclaim_slow", objects=freed, gc_ms=gc_ms, trim_ms=trim_ms, tracked=len(gc.get_objects()))
 
     def close(self) -> None:
         if self._timer is not None:
