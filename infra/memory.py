@@ -82,8 +82,13 @@ class Reclaimer:
         self._timer: asyncio.TimerHandle | None = None
 
     def schedule(self) -> None:
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.delay_s, self.run)
+        if self._timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a registry used from sync code): nothing to defer to
+            return
+        self._timer = loop.call_later(self.delay_s, self.run)
 
     @property
     def pending(self) -> bool:
@@ -101,7 +106,7 @@ class Reclaimer:
         gc_ms, trim_ms = round((t1 - t0) * 1000, 2), round((t2 - t1) * 1000, 2)
         log.debug("memory.reclaimed", objects=freed, gc_ms=gc_ms, trim_ms=trim_ms)
         if self.last_ms > 250:  # the heap was not frozen, or something keeps a huge young heap
-            log.warning("memory.reclaim_slow", objects=freed, gc_ms=gc_ms, trim_ms=trim_ms, tracked=len(gc.get_objects()))
+            log.warning("memory.reclaim_slow", objects=freed, gc_ms=gc_ms, trim_ms=trim_ms)
 
     def close(self) -> None:
         if self._timer is not None:
