@@ -291,12 +291,19 @@ class RedisTaskQueue(TaskQueue):
         self._group_ready = True
 
     async def submit(self, task: BackgroundTask) -> str:
-        # The bound is checked, not enforced atomically: a few concurrent submitters may
-        # overshoot it by a few entries, which is fine for a cap against runaway growth.
-        n = await self._call(self._redis.xlen, self.stream)
-        if n >= self.max_tasks:
-            raise QueueFull(f"{n} background tasks queued")
-        eid = await self._call(self._redis.xadd, self.stream, {TASK: _encode(task)})
+        # One round trip: add, then look at the length; over the cap the entry is taken back.
+        # (Concurrent submitters may briefly overshoot by a few: a cap against runaway growth.)
+        async def add() -> tuple[bytes, int]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.stream, {TASK: _encode(task)})
+                pipe.xlen(self.stream)
+                eid, n = await pipe.execute()
+            return eid, int(n)
+
+        eid, n = await self._call(add)
+        if n > self.max_tasks:
+            await self._call(self._redis.xdel, self.stream, eid)
+            raise QueueFull(f"{n - 1} background tasks queued")
         return _str(eid)
 
     async def read(self, consumer: str, count: int, block_s: float) -> list[Delivery]:
