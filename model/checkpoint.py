@@ -6,6 +6,7 @@ at load time with an error that names the file, rather than as garbage audio in 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.config import ConfigError, ModelConfig, get_preset
+from model.config import ConfigError, GateConfig, ModelConfig, get_preset
 from model.interaction import InteractionModel
 from model.tokenizer import Tokenizer, TokenizerError
 
@@ -79,6 +80,20 @@ def load_config(path: str | Path) -> ModelConfig:
         return ModelConfig.from_dict(json.loads(file.read_text()))
     except (json.JSONDecodeError, TypeError, ConfigError) as e:
         raise CheckpointError(f"{file}: not a valid model config: {e}") from e
+
+
+def write_gate(path: str | Path, gate: GateConfig) -> ModelConfig:
+    """Store calibrated speak-gate thresholds in a checkpoint's config.json and re-checksum it
+    in the manifest (the weights are untouched). The checkpoint must verify before and after."""
+    root = Path(path)
+    _verify_manifest(root)
+    cfg = dataclasses.replace(load_config(root), gate=gate)
+    (root / CONFIG).write_text(cfg.to_json() + "\n")
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["sha256"][CONFIG] = _sha256(root / CONFIG)
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    _verify_manifest(root)
+    return cfg
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:

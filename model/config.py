@@ -28,6 +28,53 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """The speak gate over the text head (model/gate.py), stored with the checkpoint.
+
+    Silent, the model starts speaking when p(not `<pad>`) >= `start`; speaking, it keeps going
+    while p(not `<pad>`) >= `keep` (<= start: hysteresis); `<eot>` ends the turn. `start=None`
+    is greedy argmax over the whole vocabulary, the behaviour of checkpoints from before the
+    gate, so their config.json (which has no `gate`) loads unchanged. `temperature` > 0 samples
+    among the non-pad tokens (noise keyed on seed, turn and position); 0 takes the best one.
+    """
+
+    start: float | None = None
+    keep: float | None = None  # None = start (no hysteresis)
+    temperature: float = 0.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.start is None and self.keep is not None:
+            problems.append("keep needs start")
+        if self.start is not None and not 0.0 < self.start <= 1.0:
+            problems.append(f"start ({self.start}) must be in (0, 1]")
+        if self.start is not None and self.keep is not None and not 0.0 < self.keep <= self.start:
+            problems.append(f"keep ({self.keep}) must be in (0, start={self.start}]")
+        if not self.temperature >= 0.0:
+            problems.append(f"temperature ({self.temperature}) must be >= 0")
+        if problems:
+            raise ConfigError("invalid gate config: " + "; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.start is None
+
+    @property
+    def keep_threshold(self) -> float | None:
+        return self.start if self.keep is None else self.keep
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GateConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"gate must be an object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown gate fields: {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "tiny"
     # trunk
@@ -75,6 +122,8 @@ class ModelConfig:
     max_text_tokens_per_turn: int = 32
     max_background_tokens_per_turn: int = 32
     deterministic: bool = False
+    # the speak decision (calibrated after training; absent in older checkpoints = argmax)
+    gate: GateConfig = field(default_factory=GateConfig)
     # training loss weights (used by model/train)
     loss_weights: dict[str, float] = field(
         default_factory=lambda: {"text": 1.0, "caption": 1.0, "flow": 1.0, "balance": 0.01}
@@ -167,6 +216,8 @@ class ModelConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown config fields: {', '.join(unknown)}")
+        if "gate" in data:
+            data = {**data, "gate": GateConfig.from_dict(data["gate"])}
         return cls(**data)
 
 

@@ -26,8 +26,9 @@ import torch
 from infra.messages import MicroTurnInput, MicroTurnOutput
 from model import rng
 from model.attention import KVCache
-from model.config import ModelConfig
+from model.config import GateConfig, ModelConfig
 from model.dmel import DMelStream, quantize, unit_to_mel
+from model.gate import BatchGate
 from model.interaction import InteractionModel
 from model.positions import Positions, input_positions, output_position, stack
 from model.tokenizer import Tokenizer
@@ -88,6 +89,8 @@ class SessionState:
     text_dropped: int = 0  # typed tokens dropped since the last output said so
     text_dropped_total: int = 0
     bg_dropped: int = 0
+    gate: GateConfig | None = None  # None = the model config's (model/gate.py)
+    speaking: bool = False  # the gate's state after the last output position
 
     @classmethod
     def new(
@@ -182,6 +185,11 @@ def run_batch(
     hidden_in = model(prefill, cache, slots).hidden  # (B, T, D)
     next_pos = [s.next_pos + c.shape[1] for s, c in zip(states, chunks, strict=True)]
     last_token = [s.last_token for s in states]
+    gate = BatchGate.build(
+        [s.gate or cfg.gate for s in states], [s.seed for s in states], [s.turn for s in states],
+        tokenizer.pad_id, tokenizer.eot_id, device,
+    )  # fmt: skip
+    speaking = torch.tensor([s.speaking for s in states], dtype=torch.bool, device=device)
     last_bins = [s.last_bins for s in states]
 
     P = cfg.positions_per_turn
@@ -197,7 +205,7 @@ def run_batch(
         ]
         h = model(stack(step_chunks).to(device), cache, slots).hidden[:, 0]  # (B, D)
         logits = model.text_head(h)  # (B, V)
-        tok = logits.argmax(-1)  # (B,) first maximum on ties
+        tok, speaking = gate.step(logits, speaking, j)  # (B,): the speak gate, or argmax when greedy
         noise = torch.stack([rng.noise(s.seed, s.turn, j, cfg.mel_dim) for s in states]).to(device)  # (B, mel_dim)
         unit = model.flow.sample(model.flow_cond(h, tok), noise)
         mel = unit_to_mel(unit.clamp(-1, 1), cfg).view(-1, cfg.frames_per_position, cfg.n_mels)  # (B, F, M)
@@ -218,6 +226,7 @@ def run_batch(
     outputs = []
     for b, s in enumerate(states):
         s.next_pos, s.last_token, s.last_bins = next_pos[b], last_token[b], last_bins[b]
+        s.speaking = bool(speaking[b])
         audio = audio_out[b]
         if s.trace is not None:
             n_in = chunks[b].shape[1]

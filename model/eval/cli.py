@@ -20,6 +20,12 @@ from pathlib import Path
 from model.eval.layout import BASELINE_STEM, MODEL_STEM, LayoutError, discover
 
 
+def _have(*modules: str) -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="Full-Duplex-Bench v1 metrics for the model and a harness baseline")
     p.add_argument("--root", required=True, type=Path, help="FD-bench layout: ROOT/<task>/<clip_id>/input.wav")
@@ -47,13 +53,32 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
         "output scoring always uses the fixed threshold (a system that talks throughout has no noise floor)",
     )
     p.add_argument("--score-only", action="store_true", help="score existing outputs; run nothing")
+    p.add_argument(
+        "--smart-turn",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also run the Silero VAD + Smart Turn v3.2 harness (pipecat; default: when the eval extra is installed)",
+    )
+    p.add_argument(
+        "--fdbench-scoring",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="score with ASR words (pocketsphinx) and Silero VAD segments of the output audio, as FD-bench does, "
+        "plus the text-stream + energy-VAD cross-check (default: when the eval extra is installed)",
+    )
     p.set_defaults(func=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from model.checkpoint import CheckpointError, load_or_random
     from model.config import ConfigError
-    from model.eval.baselines import HarnessBaseline, HarnessConfig
+    from model.eval.baselines import (
+        SMART_TURN_STEM,
+        HarnessBaseline,
+        HarnessConfig,
+        SmartTurnBaseline,
+        with_flite_voice,
+    )
     from model.eval.report import write_report
     from model.eval.runner import ClipRun, run_offline, run_responder
     from model.eval.scoring import SystemScores, score_system
@@ -75,12 +100,19 @@ def run_eval(args: argparse.Namespace) -> int:
         harness = HarnessConfig(silence_ms=args.silence_ms, barge_in=args.barge_in, vad=input_vad)
     except ValueError as e:
         return fail(str(e))
+    strict = (
+        _have("pocketsphinx", "silero_vad", "onnxruntime") if args.fdbench_scoring is None else args.fdbench_scoring
+    )
+    smart_turn = _have("pipecat", "onnxruntime") if args.smart_turn is None else args.smart_turn
+    smart_turn = smart_turn and args.baseline
+    if strict and args.baseline:
+        harness = with_flite_voice(harness)  # a spoken reply, so ASR scores the harness like the model
     n_tasks = len({c.task for c in clips})
     print(f"eval: {len(clips)} clips in {n_tasks} tasks under {args.root}", file=sys.stderr)
 
     runs: dict[str, list[ClipRun]] = {}
     meta: dict[str, object] = {"root": str(args.root), "tasks": ", ".join(sorted({c.task for c in clips}))}
-    model_name, baseline_name = "interaction model", "harness baseline"
+    model_name, baseline_name, smart_name = "interaction model", "harness baseline", "smart turn harness"
     try:
         if not args.score_only and args.live:
             from model.eval.live import LiveResponder
@@ -93,15 +125,25 @@ def run_eval(args: argparse.Namespace) -> int:
                 return fail(f"live eval against {args.live}: {e}")
             if args.baseline:
                 runs[baseline_name] = run_responder(HarnessBaseline(harness, baseline_name), args.root, args.tasks)
+            if smart_turn:
+                runs[smart_name] = run_responder(SmartTurnBaseline(harness, smart_name), args.root, args.tasks)
         elif not args.score_only:
             try:
                 ck = load_or_random(args.checkpoint, args.preset, seed=args.seed)
             except (CheckpointError, ConfigError) as e:
                 return fail(str(e))
             meta["model"] = ck.source + ("" if ck.trained else " (RANDOM WEIGHTS: numbers are meaningless)")
+            meta["gate"] = (
+                "argmax (no calibrated gate)"
+                if ck.config.gate.greedy
+                else f"start {ck.config.gate.start:g}, keep {ck.config.gate.keep_threshold:g}, "
+                f"temperature {ck.config.gate.temperature:g}"
+            )
             runs[model_name] = run_offline(ck, args.root, args.tasks, seed=args.seed, vad=vad)
             if args.baseline:
                 runs[baseline_name] = run_responder(HarnessBaseline(harness, baseline_name), args.root, args.tasks)
+            if smart_turn:
+                runs[smart_name] = run_responder(SmartTurnBaseline(harness, smart_name), args.root, args.tasks)
         else:
             meta["model"] = "scored from existing output.wav/output.json"
         meta["seed"] = args.seed
@@ -115,11 +157,31 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"barge-in {'on (' + format(harness.barge_in_ms, 'g') + ' ms)' if harness.barge_in else 'off'}"
                 + ("" if args.vad_adaptive is None else f", input VAD at noise floor + {args.vad_adaptive:g} dB")
             )
-        systems: list[SystemScores] = [score_system(args.root, MODEL_STEM, model_name, args.tasks, vad)]
+        if smart_turn:
+            meta["smart turn harness"] = (
+                "pipecat SileroVADAnalyzer (defaults) + LocalSmartTurnAnalyzerV3 (smart-turn-v3.2-cpu.onnx), "
+                f"{harness.reply_s:g} s reply, barge-in {'on' if harness.barge_in else 'off'}"
+            )
         if args.baseline:
-            systems.append(score_system(args.root, BASELINE_STEM, baseline_name, args.tasks, vad))
+            meta["harness reply voice"] = harness.voice
+        stems = [(MODEL_STEM, model_name)]
+        if args.baseline:
+            stems.append((BASELINE_STEM, baseline_name))
+        if smart_turn:
+            stems.append((SMART_TURN_STEM, smart_name))
+        systems: list[SystemScores] = []
+        if strict:
+            meta["scoring"] = (
+                "FD-bench style: words from pocketsphinx ASR of the output audio, segments from Silero VAD; "
+                "columns marked (stream) are the cross-check: words from the system's own text, energy VAD"
+            )
+            for stem, name in stems:
+                systems.append(score_system(args.root, stem, name, args.tasks, vad, asr=True, silero=True))
+        for stem, name in stems:
+            systems.append(score_system(args.root, stem, name + (" (stream)" if strict else ""), args.tasks, vad))
     except LayoutError as e:
         return fail(str(e))
+    runs.update({n + " (stream)": r for n, r in list(runs.items())} if strict else {})
     paths = write_report(args.out or Path(args.root) / "eval_report", systems, meta, runs)
     print(f"report: {paths.markdown} ({paths.json.name}, {paths.plot.name})", file=sys.stderr)
     return 0

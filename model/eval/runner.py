@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,12 +27,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from infra.messages import MicroTurnInput
+from model.attention import KVCache
 from model.checkpoint import Checkpoint
+from model.config import GateConfig
 from model.eval.layout import MODEL_STEM, SAMPLE_RATE, Clip, discover, read_audio_16k, write_output
 from model.eval.vad import DEFAULT_VAD, VadConfig, speech_segments
 from model.eval.words import TimedToken, Word, group_words, snap_to_speech
 from model.interaction import InteractionModel
-from model.session import InteractionSession
+from model.session import SessionState, step_batch
 from model.tokenizer import Tokenizer
 
 
@@ -139,33 +141,65 @@ class ModelResponder:
         return cls(checkpoint.model, checkpoint.tokenizer, seed=seed, vad=vad)
 
     def respond(self, inp: ClipInput) -> Response:
-        cfg = self.model.cfg
-        T = cfg.turn_samples
-        turn_s = cfg.micro_turn_ms / 1000
-        pos_s = cfg.position_ms / 1000
-        n = len(inp.audio)
-        duration = n / SAMPLE_RATE
-        session = InteractionSession(self.model, self.tokenizer, seed=self.seed, session_id=inp.clip.clip_id)
-        out = np.zeros(n, dtype=np.float32)
-        tokens: list[TimedToken] = []
-        n_turns = math.ceil(n / T)
-        for k in range(n_turns):
-            lo = (k + 1) * T  # where this turn's output plays
-            if lo >= n:
-                break
-            chunk = np.zeros(T, dtype=np.float32)
-            piece = inp.audio[k * T : (k + 1) * T]
-            chunk[: len(piece)] = piece
-            o = session.step(MicroTurnInput.from_arrays(chunk, text=inp.text if k == 0 else "", turn=k))
-            hi = min(n, lo + T)
-            out[lo:hi] = o.audio_array()[: hi - lo]
+        out, tokens = run_model_rows(self.model, self.tokenizer, inp, [None], self.seed)[0]
+        pos_s = self.model.cfg.position_ms / 1000
+        duration = len(inp.audio) / SAMPLE_RATE
+        words = [Word(w.text, w.start, min(w.end, duration)) for w in group_words(tokens, self.tokenizer, pos_s)]
+        snapped = snap_to_speech(words, speech_segments(out, self.vad))
+        n_turns = math.ceil(len(inp.audio) / self.model.cfg.turn_samples)
+        return Response(out, snapped.words, {"voiced_words": snapped.n_voiced, "turns": n_turns})
+
+
+def run_model_rows(
+    model: InteractionModel,
+    tokenizer: Tokenizer,
+    inp: ClipInput,
+    gates: Sequence[GateConfig | None],
+    seed: int = 0,
+) -> list[tuple[np.ndarray, list[TimedToken]]]:
+    """The clip through the model once per row of `gates` (None = the checkpoint's gate), all
+    rows in one batch: (time-aligned output audio, timed text tokens) per row.
+
+    Alignment: micro-turn k hears input [k*0.2, (k+1)*0.2) s; its output is what the model
+    plays during turn k+1, so its 3200 samples go to [(k+1)*3200, (k+2)*3200); the first turn
+    of output is silence and whatever runs past the clip end is dropped (so the last chunk,
+    whose output would land entirely past the end, is not stepped). The last input chunk is
+    zero-padded. Text position j of turn k is played at (k+1)*0.2 + j*0.05 s.
+    """
+    cfg = model.cfg
+    T = cfg.turn_samples
+    turn_s = cfg.micro_turn_ms / 1000
+    pos_s = cfg.position_ms / 1000
+    n = len(inp.audio)
+    duration = n / SAMPLE_RATE
+    B = len(gates)
+    model.eval()
+    param = next(model.parameters())
+    cache = KVCache.allocate(cfg, B, device=param.device, dtype=param.dtype)
+    states = []
+    for b, g in enumerate(gates):
+        st = SessionState.new(cfg, tokenizer, f"{inp.clip.clip_id}/{b}", seed, slot=b)
+        st.gate = g
+        states.append(st)
+    outs = [np.zeros(n, dtype=np.float32) for _ in range(B)]
+    tokens: list[list[TimedToken]] = [[] for _ in range(B)]
+    for k in range(math.ceil(n / T)):
+        lo = (k + 1) * T  # where this turn's output plays
+        if lo >= n:
+            break
+        chunk = np.zeros(T, dtype=np.float32)
+        piece = inp.audio[k * T : (k + 1) * T]
+        chunk[: len(piece)] = piece
+        text = inp.text if k == 0 else ""
+        step_in = [MicroTurnInput.from_arrays(chunk, text=text, turn=k, session_id=s.session_id) for s in states]
+        hi = min(n, lo + T)
+        for b, o in enumerate(step_batch(model, cache, tokenizer, states, step_in)):
+            outs[b][lo:hi] = o.audio_array()[: hi - lo]
             for j, tok in enumerate(o.text_tokens):
                 t = (k + 1) * turn_s + j * pos_s
                 if t < duration:
-                    tokens.append(TimedToken(tok, t))
-        words = [Word(w.text, w.start, min(w.end, duration)) for w in group_words(tokens, self.tokenizer, pos_s)]
-        snapped = snap_to_speech(words, speech_segments(out, self.vad))
-        return Response(out, snapped.words, {"voiced_words": snapped.n_voiced, "turns": n_turns})
+                    tokens[b].append(TimedToken(tok, t))
+    return list(zip(outs, tokens, strict=True))
 
 
 def run_offline(

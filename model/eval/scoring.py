@@ -17,7 +17,8 @@ import numpy as np
 
 from model.eval import metrics as M
 from model.eval.layout import GT_DISTRIBUTION_FILE, SAMPLE_RATE, Clip, LayoutError, discover, read_json, read_output
-from model.eval.vad import DEFAULT_VAD, VadConfig, speech_segments
+from model.eval.vad import DEFAULT_VAD, Segment, VadConfig, speech_segments
+from model.eval.words import Word
 
 BACKCHANNEL_GT_FILE = "backchannel.json"
 
@@ -63,11 +64,31 @@ def backchannel_gt(clip: Clip, duration: float) -> np.ndarray | None:
     return None
 
 
-def score_clip(clip: Clip, stem: str, vad: VadConfig = DEFAULT_VAD) -> tuple[Any, dict[str, Any]]:
-    """(typed score, json row) of one clip."""
+def score_clip(
+    clip: Clip, stem: str, vad: VadConfig = DEFAULT_VAD, *, asr: bool = False, silero: bool = False
+) -> tuple[Any, dict[str, Any]]:
+    """(typed score, json row) of one clip, from `<stem>.wav`/`<stem>.json` on disk.
+
+    FD-bench's way (`asr`, `silero`): words from ASR of `<stem>.wav` (model/eval/asr.py) instead
+    of `<stem>.json`, speech segments from Silero VAD (model/eval/silero.py) instead of energy."""
     audio, words = read_output(clip, stem)
-    duration = len(audio) / SAMPLE_RATE
-    segments = speech_segments(audio, vad)
+    if silero:
+        from model.eval import silero as silero_vad
+
+        segments = silero_vad.speech_segments(audio)
+    else:
+        segments = speech_segments(audio, vad)
+    if asr:
+        from model.eval import asr as asr_words
+
+        words = asr_words.transcribe(audio, segments if silero else speech_segments(audio, vad))
+    return score_output(clip, words, segments, len(audio) / SAMPLE_RATE)
+
+
+def score_output(
+    clip: Clip, words: Sequence[Word], segments: Sequence[Segment], duration: float
+) -> tuple[Any, dict[str, Any]]:
+    """(typed score, json row) of one clip from one system's words and output speech segments."""
     row: dict[str, Any] = {"task": clip.task, "clip": clip.clip_id, "words": len(words)}
     score: Any
     if clip.kind == "pause_handling":
@@ -121,12 +142,15 @@ def score_system(
     name: str,
     tasks: list[str] | None = None,
     vad: VadConfig = DEFAULT_VAD,
+    *,
+    asr: bool = False,
+    silero: bool = False,
 ) -> SystemScores:
-    """Every task of `root` scored from `<stem>.wav`/`<stem>.json`."""
+    """Every task of `root` scored from `<stem>.wav`/`<stem>.json` (see `score_clip`)."""
     out = SystemScores(name=name, stem=stem)
     by_task: dict[str, tuple[str, list[Any]]] = {}
     for clip in discover(root, tasks):
-        score, row = score_clip(clip, stem, vad)
+        score, row = score_clip(clip, stem, vad, asr=asr, silero=silero)
         by_task.setdefault(clip.task, (clip.kind, []))[1].append(score)
         out.clips.append(row)
     for task, (kind, scores) in by_task.items():

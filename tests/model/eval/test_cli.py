@@ -32,7 +32,8 @@ def test_eval_end_to_end_with_checkpoint(tmp_path: Path, tokenizer: Tokenizer) -
     ck = save_checkpoint(tmp_path / "ck", InteractionModel(cfg), tokenizer)
     root = tmp_path / "fdb"
     synth.turn_taking_clip(root, "a", speech=((0.1, 0.4),), duration=1.0)
-    args = parse(["eval", "--root", str(root), "--checkpoint", str(ck), "--out", str(tmp_path / "rep")])
+    no_extras = ["--no-fdbench-scoring", "--no-smart-turn"]
+    args = parse(["eval", "--root", str(root), "--checkpoint", str(ck), "--out", str(tmp_path / "rep"), *no_extras])
     assert args.func is run_eval and args.baseline is True
     assert run_eval(args) == 0
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -44,7 +45,8 @@ def test_eval_end_to_end_with_checkpoint(tmp_path: Path, tokenizer: Tokenizer) -
 def test_score_only_without_baseline(tmp_path: Path) -> None:
     d = synth.pause_clip(tmp_path, "a")
     synth.fake_output(d, [(1.6, 1.8, "mm")])
-    assert run_eval(parse(["eval", "--root", str(tmp_path), "--score-only", "--no-baseline"])) == 0
+    argv = ["eval", "--root", str(tmp_path), "--score-only", "--no-baseline", "--no-fdbench-scoring"]
+    assert run_eval(parse(argv)) == 0
     md = (tmp_path / "eval_report" / "report.md").read_text()
     assert "| interaction model | FD-bench v1 published |" in md
 
