@@ -15,6 +15,7 @@ from torch import nn
 from model.config import ModelConfig
 from model.embeddings import sinusoidal
 from model.linear import Linear
+from model.norm import LayerNorm
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -24,7 +25,7 @@ def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torc
 class AdaLNBlock(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.ada = Linear(dim, 3 * dim)
         self.fc1 = Linear(dim, dim)
         self.fc2 = Linear(dim, dim)
@@ -46,7 +47,7 @@ class FlowHead(nn.Module):
         self.t_proj = Linear(cfg.time_embed_dim, W)
         self.cond_proj = Linear(cfg.d_model, W)
         self.blocks = nn.ModuleList(AdaLNBlock(W) for _ in range(cfg.flow_depth))
-        self.final_norm = nn.LayerNorm(W, elementwise_affine=False, eps=1e-6)
+        self.final_norm = LayerNorm(W, elementwise_affine=False, eps=1e-6)
         self.final_ada = Linear(W, 2 * W)
         self.out_proj = Linear(W, cfg.mel_dim)
         nn.init.zeros_(self.final_ada.weight)

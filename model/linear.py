@@ -17,6 +17,28 @@ from torch import nn
 
 from model.kernels import matmul
 
+# CPU BLAS may take a different code path for a differently aligned operand; the allocator
+# aligns fresh buffers to 64 bytes, so items padded to a multiple of 64 bytes all start aligned.
+_ALIGN_BYTES = 64
+
+
+def per_item_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(B, n, K) @ (K, N) -> (B, n, N): one `torch.mm` per item, identical for every item and B.
+
+    Each item is copied into its own 64-byte-aligned, equally strided slot of a fresh buffer, so
+    the B calls differ only in the values they read: item b's result cannot depend on B or b,
+    on any BLAS (a batched GEMM may group items; which way it goes differs between machines).
+    One dispatch per item: for a few large items (the vocoder's sessions), not per-token rows.
+    """
+    B, n, K = x.shape
+    per_item = n * K
+    step = max(1, _ALIGN_BYTES // x.element_size())
+    slot = -(-per_item // step) * step  # elements per item, rounded up to the alignment
+    buf = x.new_zeros(B, slot)  # (B, slot)
+    buf[:, :per_item] = x.reshape(B, per_item)
+    items = [torch.mm(buf[b, :per_item].view(n, K), w) for b in range(B)]  # each (n, N)
+    return torch.stack(items) if items else x.new_zeros(0, n, w.shape[1])
+
 
 def rowwise_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """(..., K) @ (K, N) [+ bias] with each row's result independent of the other rows."""

@@ -1,12 +1,30 @@
-"""RMSNorm. The reduction is over D only, one row at a time; in batch-invariant mode on CUDA
-it runs the Triton kernel (one program per row, fixed reduction order)."""
+"""RMSNorm and LayerNorm with a batch-invariant mode.
+
+The reduction is over D only, one row at a time. In batch-invariant mode RMSNorm runs the Triton
+kernel on CUDA (one program per row, fixed reduction order); elsewhere both norms sum each row
+with `row_sum`, a fixed tree of elementwise adds, instead of the library's reduction kernel,
+whose blocking and threading are its own choice and may depend on how many rows share the call.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.kernels import rms_norm
+
+
+def row_sum(x: torch.Tensor) -> torch.Tensor:
+    """(..., D) -> (..., 1): the sum over D as a binary tree of elementwise adds, zero-padded to
+    a power of two. Each add is one IEEE operation per element, so a row's sum depends only on
+    the row: not on other rows, the thread count, the SIMD width or the CPU."""
+    width = 1 << (x.shape[-1] - 1).bit_length()
+    x = F.pad(x, (0, width - x.shape[-1]))
+    while width > 1:
+        width //= 2
+        x = x[..., :width] + x[..., width:]
+    return x
 
 
 class RMSNorm(nn.Module):
@@ -21,4 +39,25 @@ class RMSNorm(nn.Module):
         if self.batch_invariant and x.is_cuda:
             return rms_norm(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view_as(x)
         xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        mean_sq = row_sum(xf * xf) / x.shape[-1] if self.batch_invariant else xf.pow(2).mean(-1, keepdim=True)
+        return (xf * torch.rsqrt(mean_sq + self.eps)).type_as(x) * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters) whose batch-invariant mode sums rows with `row_sum`."""
+
+    batch_invariant: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.batch_invariant:
+            return super().forward(x)
+        if len(self.normalized_shape) != 1:
+            raise ValueError(f"batch-invariant LayerNorm normalizes the last dim only, got {self.normalized_shape}")
+        xf = x.float()
+        centered = xf - row_sum(xf) / x.shape[-1]
+        y = centered * torch.rsqrt(row_sum(centered * centered) / x.shape[-1] + self.eps)
+        if self.weight is not None:
+            y = y * self.weight.float()
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype)

@@ -15,6 +15,7 @@ from torch import nn
 
 from model.config import ModelConfig, hmlp_dims
 from model.linear import Linear
+from model.norm import LayerNorm
 
 # Pixel normalization inside the module, so callers feed raw [0, 1] values and a checkpoint
 # carries no separate preprocessing constants. Roughly centres and scales natural images.
@@ -72,13 +73,13 @@ class HMLP(nn.Module):
         self.patch_size = cfg.patch_size
         eps = cfg.norm_eps
         self.proj1 = Linear(3 * _SUB * _SUB, c1)
-        self.norm1 = nn.LayerNorm(c1, eps=eps)
+        self.norm1 = LayerNorm(c1, eps=eps)
         self.proj2 = Linear(4 * c1, c2)
-        self.norm2 = nn.LayerNorm(c2, eps=eps)
+        self.norm2 = LayerNorm(c2, eps=eps)
         self.proj3 = Linear(4 * c2, c3)
-        self.norm3 = nn.LayerNorm(c3, eps=eps)
+        self.norm3 = LayerNorm(c3, eps=eps)
         self.proj4 = Linear(4 * c3, c4)
-        self.norm4 = nn.LayerNorm(c4, eps=eps)
+        self.norm4 = LayerNorm(c4, eps=eps)
         self.act = nn.GELU()
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from model.config import ModelConfig
 from model.dmel import mel_triangles, stft_basis, stft_key
+from model.linear import per_item_matmul
 
 _MOMENTUM = 0.99
 _NNLS_STEPS = 8
@@ -59,7 +60,7 @@ def _check_logmel(logmel: Tensor, cfg: ModelConfig, frames: int | None) -> None:
 def _per_item_matmul(x: Tensor, w: Tensor) -> Tensor:
     """(B, n, a) @ (a, b): one GEMM of the same shape per batch item, so an item's result never
     depends on how many other sessions share the call (batch-invariant; see model/linear.py)."""
-    return torch.bmm(x, w.expand(x.shape[0], *w.shape))
+    return per_item_matmul(x, w)
 
 
 def mel_to_magnitude(logmel: Tensor, cfg: ModelConfig) -> Tensor:

@@ -43,7 +43,7 @@ def per_element_dot(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         calls += 1
         x, w, acc = a.data, b.data, d.data  # type: ignore[attr-defined]
         if not np.issubdtype(x.dtype, np.floating) or x.dtype.itemsize < 2:
-            return real_dot(self, a, b, d, input_precision, max_num_imprecise_acc)  # type: ignore[arg-type]
+            return real_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
         total = np.zeros((x.shape[0], w.shape[1]), dtype=acc.dtype)
         for k in range(x.shape[1]):
             total = total + x[:, k, None].astype(acc.dtype) * w[None, k, :].astype(acc.dtype)

@@ -1,0 +1,115 @@
+"""Batch-invariant paths on CPU that hold by construction, whatever the math library does.
+
+No BLAS or reduction kernel promises that a row's result is independent of the other rows in
+the call: a GEMM may round a row by its place in the tile, a batched GEMM may group items, a
+reduction may split by thread. The fixtures below replace them with a library that is
+deterministic per call but rounds every row by the call's shape and the row's place in it.
+Batch-invariant modules must still give bitwise the same row alone or batched: they may only
+rely on the same call giving the same bits, which holds on every machine.
+
+Covered: RMSNorm and LayerNorm (`row_sum`) and the vocoder's per-item GEMMs. Not yet: the
+CPU Linear/MoE path (one batched GEMM over a stride-0 weight, model/linear.py), whose
+invariance still rests on the BLAS treating batch items alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.config import ModelConfig
+from model.linear import Linear, set_batch_invariant
+from model.norm import LayerNorm, RMSNorm
+from model.vocoder import mel_to_magnitude
+
+SKEW = 2.0**-20  # relative: moves every fp32 result by several ulps
+
+
+def _skew_rows(out: torch.Tensor) -> torch.Tensor:
+    """Row r of an R-row result scaled by 1 + SKEW * (R - 1 + r): exact when the call has 1 row."""
+    if out.dim() < 2 or out.numel() == 0:
+        return out
+    rows = out.numel() // out.shape[-1]
+    factor = 1 + SKEW * (rows - 1 + torch.arange(rows, dtype=out.dtype))
+    return (out.reshape(rows, -1) * factor[:, None]).reshape(out.shape)
+
+
+def _skew_elements(out: torch.Tensor) -> torch.Tensor:
+    """Reduction results scaled by their count and index: exact when the call reduces one row."""
+    if out.numel() <= 1:
+        return out
+    n = out.numel()
+    factor = 1 + SKEW * (n - 1 + torch.arange(n, dtype=out.dtype))
+    return (out.reshape(-1) * factor).reshape(out.shape)
+
+
+def _patch(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, skew: Callable[[torch.Tensor], torch.Tensor]
+) -> None:
+    real = getattr(owner, name)
+
+    def skewed(*args: object, **kwargs: object) -> torch.Tensor:
+        return skew(real(*args, **kwargs))
+
+    monkeypatch.setattr(owner, name, skewed)
+
+
+@pytest.fixture
+def row_dependent_blas(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("mm", "bmm", "baddbmm", "addmm", "matmul"):
+        _patch(monkeypatch, torch, name, _skew_rows)
+    _patch(monkeypatch, torch.Tensor, "__matmul__", _skew_rows)
+    _patch(monkeypatch, F, "linear", _skew_rows)
+
+
+@pytest.fixture
+def row_dependent_reductions(monkeypatch: pytest.MonkeyPatch) -> None:
+    for owner in (torch, torch.Tensor):
+        for name in ("sum", "mean"):
+            _patch(monkeypatch, owner, name, _skew_elements)
+    _patch(monkeypatch, F, "layer_norm", _skew_rows)
+
+
+def _assert_rows_alone_equal_batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> None:
+    batched = fn(x)
+    for i in range(x.shape[0]):
+        assert torch.equal(fn(x[i : i + 1]), batched[i : i + 1]), f"row {i} alone differs from batched"
+
+
+@pytest.mark.usefixtures("row_dependent_blas")
+def test_fixture_really_makes_a_plain_gemm_batch_dependent() -> None:
+    torch.manual_seed(0)
+    layer = Linear(48, 40)
+    x = torch.randn(5, 48)
+    assert not torch.equal(layer(x)[3:4], layer(x[3:4])), "the skewed BLAS changed nothing: test is vacuous"
+
+
+@pytest.mark.usefixtures("row_dependent_reductions")
+@pytest.mark.parametrize("norm", [RMSNorm(70), LayerNorm(70)], ids=["rms", "layer"])
+@torch.no_grad()
+def test_norm_rows(norm: torch.nn.Module) -> None:
+    torch.manual_seed(0)
+    torch.nn.init.normal_(norm.weight)  # type: ignore[arg-type]
+    set_batch_invariant(norm, True)
+    _assert_rows_alone_equal_batched(norm, 3 * torch.randn(9, 70))
+
+
+@pytest.mark.usefixtures("row_dependent_blas")
+def test_vocoder_items() -> None:
+    cfg = ModelConfig()
+    g = torch.Generator().manual_seed(0)
+    logmel = cfg.log_mel_min + (cfg.log_mel_max - cfg.log_mel_min) * torch.rand(5, 4, cfg.n_mels, generator=g)
+    _assert_rows_alone_equal_batched(lambda m: mel_to_magnitude(m, cfg), logmel)
+
+
+@torch.no_grad()
+def test_batch_invariant_paths_match_the_plain_ones() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 50)
+    for module in (Linear(50, 37), RMSNorm(50), LayerNorm(50)):
+        plain = module(x)
+        set_batch_invariant(module, True)
+        torch.testing.assert_close(module(x), plain, atol=1e-5, rtol=1e-5)
