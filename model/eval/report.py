@@ -62,13 +62,16 @@ _DIRECTION = {
 }
 
 NOTES = [
-    "Words come from each system's own text stream, not from ASR (there are no ASR weights here): "
-    "the interaction model's inner-monologue tokens, grouped into words (a token starting with a space "
-    "starts a word) and timed by the output audio they were spoken in (the energy-VAD speech segment "
-    "overlapping the token times; words with no speech keep their token times and are counted as "
-    "unvoiced below). The harness baseline's words are its fixed reply text spread over its speech.",
-    "Speech segments (backchannel, stop latency, TimeSpeak, word timing) come from an energy VAD "
-    "(model/eval/vad.py), not Silero as in FD-bench.",
+    "Scoring, as FD-bench does it (when the `eval` extra is installed, the default): words and their "
+    "times from ASR of each system's output audio (pocketsphinx, decoded inside Silero VAD speech "
+    "segments), speech segments from Silero VAD. Columns marked (stream) are the cross-check: words from "
+    "the system's own text stream (the interaction model's inner-monologue tokens, grouped into words and "
+    "timed by the energy-VAD speech segment they were spoken in; the harnesses' fixed reply text spread "
+    "over their speech) and segments from an energy VAD (model/eval/vad.py). Without the extra, only the "
+    "(stream) scoring runs, under the plain system names.",
+    "Harnesses: the 600 ms energy-VAD endpointing baseline, and the strong one pipecat users run: "
+    "SileroVADAnalyzer + LocalSmartTurnAnalyzerV3 (Smart Turn v3.2), both with barge-in and a fixed reply "
+    "(spoken by flite when scoring by ASR, so ASR can read it).",
     "User interruption: scored on words starting at or after the interruption start, latency from its "
     "end (fdbench.md), so a word still being said when the user barges in counts as latency 0; upstream "
     "transcribes only the audio after the interruption end, shown in its own row. Relevance (an "

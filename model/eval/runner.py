@@ -111,14 +111,7 @@ def run_responder(
 
 class ModelResponder:
     """The interaction model stepped directly over 200 ms chunks (offline, faster or slower
-    than real time, but causally identical to serving).
-
-    Alignment: micro-turn k hears input [k*0.2, (k+1)*0.2) s; its output is what the model
-    plays during turn k+1, so its 3200 samples go to [(k+1)*3200, (k+2)*3200); the first turn
-    of output is silence and whatever runs past the clip end is dropped (so the last chunk,
-    whose output would land entirely past the end, is not stepped). The last input chunk is
-    zero-padded. Text position j of turn k is played at (k+1)*0.2 + j*0.05 s.
-    """
+    than real time, but causally identical to serving); alignment as in `run_model_rows`."""
 
     stem = MODEL_STEM
 

@@ -27,7 +27,7 @@ def test_report_has_both_systems(tmp_path: Path) -> None:
     md = paths.markdown.read_text()
     assert "| task | metric | interaction model | harness baseline | FD-bench v1 published |" in md
     assert "Moshi 0.265" in md and "TML 0.40" in md  # published context on the latency row
-    assert "not from ASR" in md and "latency.png" in md
+    assert "ASR" in md and "Silero" in md and "latency.png" in md  # the notes say how words were scored
     assert "tomorrow \\| rain" in md  # reply text escaped in the table
     assert paths.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
