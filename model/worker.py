@@ -4,9 +4,10 @@ Every session that has its next input ready joins the next batch. A session whos
 late (not there `late_ms` after it was due, or overtaken by a later turn) is stepped with a
 zero-filled input flagged `gap` so it never holds the batch back and its output stream never
 stalls; when the late input finally arrives it is dropped as stale. A session whose next input
-is more than `max_pending` turns ahead (its turn numbers jumped, or the engine fell that far
-behind) skips straight to it instead of gap-stepping one missing turn per pass: at one gap
-step per pass it would never catch up, and every real input would be dropped as stale.
+is further ahead than elapsed time explains (by more than `max_pending` turns: its turn
+numbers jumped, e.g. the sender restarted its RTP timestamps) skips straight to it instead of
+gap-stepping the missing turns one per pass: that would never catch up, and every real input
+would be dropped as stale.
 Turns are stepped strictly in order per session, so outputs are published in order, none
 lost or duplicated.
 
@@ -146,8 +147,11 @@ class Worker:
         s = self.settings
         batch = []
         for sid, q in self._sessions.items():
-            if q.pending and (first := min(q.pending)) - q.next_turn > s.max_pending:
-                # turns that were never due in real time: resync instead of stepping each as a gap
+            # turns that real time has made due since this session's next one (0 before its first input)
+            overdue = 0.0 if q.due is None else max(0.0, now - q.due) / (s.turn_ms / 1000) + 1
+            if q.pending and (first := min(q.pending)) - q.next_turn > s.max_pending + overdue:
+                # a leap no elapsed time explains (timestamp jump): resync instead of gap-stepping
+                # the missing turns one per pass, which would never catch up
                 self.skipped_turns += first - q.next_turn
                 metrics.SKIPPED_TURNS.inc(first - q.next_turn)
                 log.info("worker.turns_skipped", session_id=sid, from_turn=q.next_turn, to_turn=first)
