@@ -66,6 +66,9 @@ class Candidate:
         xs = self.latency[kind]
         return float(np.quantile(xs, q)) if xs else None
 
+    def counts(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self.tor.items()}
+
     def row(self) -> dict[str, Any]:
         g = self.gate
         return {
@@ -78,6 +81,40 @@ class Candidate:
             "interrupt_tor": self.rate("user_interruption"),
             "interrupt_latency_p50": self.lat("user_interruption", 0.5),
         }
+
+
+@dataclass
+class SavedCandidate:
+    """A row of a saved calibration.json (aggregates only), so a choice can be remade without
+    sweeping again (`--table`)."""
+
+    gate: GateConfig
+    summary: dict[str, Any]
+    clips: dict[str, int]
+
+    @property
+    def label(self) -> str:
+        g = self.gate
+        return "argmax" if g.greedy else f"{g.start:g} / {g.keep_threshold:g}"
+
+    def counts(self) -> dict[str, int]:
+        return self.clips
+
+    def row(self) -> dict[str, Any]:
+        return self.summary
+
+
+AnyCandidate = Candidate | SavedCandidate
+
+
+def load_table(path: Path) -> list[SavedCandidate]:
+    data = json.loads(Path(path).read_text())
+    clips = data.get("clips", {k: 0 for k in KINDS})
+    out = []
+    for r in data["rows"]:
+        gate = GateConfig() if r["start"] is None else GateConfig(start=r["start"], keep=r["keep"])
+        out.append(SavedCandidate(gate, r, clips))
+    return out
 
 
 def candidates(starts: Sequence[float], keep_ratios: Sequence[float]) -> list[GateConfig]:
@@ -126,31 +163,51 @@ def sweep(
     return rows
 
 
-def choose(rows: Sequence[Candidate], pause_max: float = PAUSE_MAX) -> tuple[Candidate, bool]:
+def choose(rows: Sequence[AnyCandidate], pause_max: float = PAUSE_MAX) -> tuple[AnyCandidate, bool]:
     """(the chosen gated candidate, whether it meets the pause bound); see module doc."""
     gated = [c for c in rows if not c.gate.greedy]
-    ok = [c for c in gated if (c.rate("pause_handling") or 0.0) <= pause_max + 1e-9]
 
-    def key(c: Candidate) -> tuple[float, ...]:
-        lat = c.lat("smooth_turn_taking", 0.5)
+    def pause(c: AnyCandidate) -> float:
+        return c.row()["pause_tor"] or 0.0
+
+    def key(c: AnyCandidate) -> tuple[float, ...]:
+        r = c.row()
+        lat = r["turn_latency_p50"]
         return (
-            c.rate("smooth_turn_taking") or 0.0,
-            c.rate("user_interruption") or 0.0,
+            r["turn_tor"] or 0.0,
+            r["interrupt_tor"] or 0.0,
             -(lat if lat is not None else 1e9),
             c.gate.start or 0.0,
         )
 
+    ok = [c for c in gated if pause(c) <= pause_max + 1e-9]
     if ok:
         return max(ok, key=key), True
-    best_pause = min(c.rate("pause_handling") or 0.0 for c in gated)
-    return max((c for c in gated if (c.rate("pause_handling") or 0.0) <= best_pause + 1e-9), key=key), False
+    best_pause = min(pause(c) for c in gated)
+    return max((c for c in gated if pause(c) <= best_pause + 1e-9), key=key), False
 
 
-def render(rows: Sequence[Candidate], chosen: Candidate, met: bool, meta: dict[str, Any]) -> str:
+def harness_pause_tor(root: Path, tasks: list[str] | None = None) -> float:
+    """Pause take-over rate of the Silero VAD + Smart Turn harness on the root's pause clips
+    (scored like the sweep), the bound `--pause-max smart-turn` uses."""
+    from model.eval.baselines import SMART_TURN_STEM, SmartTurnBaseline
+    from model.eval.runner import run_responder
+    from model.eval.scoring import score_system
+
+    pause_tasks = sorted({c.task for c in discover(root, tasks) if c.kind == "pause_handling"})
+    if not pause_tasks:
+        raise LayoutError(f"{root}: no pause-handling clips")
+    run_responder(SmartTurnBaseline(), root, pause_tasks)
+    scores = score_system(root, SMART_TURN_STEM, "smart turn harness", pause_tasks)
+    rates = [float(r) for t in scores.tasks.values() if (r := t.metrics.get("tor")) is not None]
+    return float(np.mean(rates))
+
+
+def render(rows: Sequence[AnyCandidate], chosen: AnyCandidate, met: bool, meta: dict[str, Any]) -> str:
     def f(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.2f}"
 
-    n = {k: len(rows[0].tor[k]) for k in KINDS}
+    n = rows[0].counts()
     lines = ["# Speak-gate calibration", ""] + [f"- {k}: {v}" for k, v in meta.items()]
     lines += [
         "",
@@ -188,33 +245,51 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--keep-ratios", default=",".join(map(str, DEFAULT_KEEP_RATIOS)), help="keep = start x ratio, comma-separated"
     )
-    ap.add_argument("--pause-max", type=float, default=PAUSE_MAX, help="pause take-over bound (default 0.10)")
+    ap.add_argument(
+        "--pause-max",
+        default=str(PAUSE_MAX),
+        help="pause take-over bound: a number (default 0.10, the issue's target) or 'smart-turn' (the Silero VAD + "
+        "Smart Turn harness's own pause take-over rate on the same clips)",
+    )
+    ap.add_argument("--table", type=Path, help="re-choose from a saved calibration.json instead of sweeping")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="write calibration.md/.json here")
     ap.add_argument("--write", action="store_true", help="store the chosen thresholds in the checkpoint")
     args = ap.parse_args(argv)
 
+    try:
+        pause_max = (
+            harness_pause_tor(args.root, args.tasks) if args.pause_max == "smart-turn" else float(args.pause_max)
+        )
+    except (ValueError, LayoutError) as e:
+        print(f"error: --pause-max: {e}", file=sys.stderr)
+        return 2
+
     def partial(rows: list[Candidate]) -> None:  # the table so far, so a long sweep can be read while it runs
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            chosen, met = choose(rows, args.pause_max)
+            chosen, met = choose(rows, pause_max)
             (args.out / "calibration.partial.md").write_text(render(rows, chosen, met, {"partial": True}))
 
+    rows: Sequence[AnyCandidate]
     try:
-        starts = [float(x) for x in args.starts.split(",") if x.strip()]
-        ratios = [float(x) for x in args.keep_ratios.split(",") if x.strip()]
-        gates = candidates(starts, ratios)
-        ck = load_checkpoint(args.checkpoint)
-        rows = sweep(ck, args.root, gates, args.tasks, args.seed, on_clip=partial)
-    except (ValueError, CheckpointError, LayoutError) as e:
+        if args.table:
+            rows = load_table(args.table)
+        else:
+            starts = [float(x) for x in args.starts.split(",") if x.strip()]
+            ratios = [float(x) for x in args.keep_ratios.split(",") if x.strip()]
+            ck = load_checkpoint(args.checkpoint)
+            rows = sweep(ck, args.root, candidates(starts, ratios), args.tasks, args.seed, on_clip=partial)
+    except (ValueError, KeyError, OSError, CheckpointError, LayoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    chosen, met = choose(rows, args.pause_max)
+    chosen, met = choose(rows, pause_max)
     meta = {
         "checkpoint": str(args.checkpoint),
         "validation root": str(args.root),
         "seed": args.seed,
-        "pause bound": args.pause_max,
+        "pause bound": f"{pause_max:.2f}"
+        + (" (the Smart Turn harness's pause TOR)" if args.pause_max == "smart-turn" else ""),
         "words": "model text stream timed by the energy VAD of the output audio (as `microturn eval` offline)",
     }
     md = render(rows, chosen, met, meta)
@@ -222,7 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "calibration.md").write_text(md)
-        payload = {"meta": meta, "rows": [c.row() for c in rows], "chosen": chosen.row(), "met_pause_bound": met}
+        payload = {
+            "meta": meta,
+            "clips": rows[0].counts(),
+            "rows": [c.row() for c in rows],
+            "chosen": chosen.row(),
+            "met_pause_bound": met,
+        }
         (args.out / "calibration.json").write_text(json.dumps(payload, indent=2) + "\n")
     if args.write:
         write_gate(args.checkpoint, chosen.gate)

@@ -58,3 +58,8 @@ def test_calibrate_cli_writes_the_table_and_the_gate(tmp_path: Path, tokenizer: 
     assert "| argmax |" in (out / "calibration.md").read_text()
     gate = load_checkpoint(ck).config.gate  # written, and the manifest still verifies
     assert gate.start == table["chosen"]["start"] and gate.start in (0.5, 0.999)
+    # re-choosing from the saved table runs no model: a bound everyone meets picks the best turn-taker
+    assert main(["--checkpoint", str(ck), "--root", str(root), "--table", str(out / "calibration.json"),
+                 "--pause-max", "1.0", "--out", str(tmp_path / "again")]) == 0  # fmt: skip
+    again = json.loads((tmp_path / "again" / "calibration.json").read_text())
+    assert again["rows"] == table["rows"] and again["clips"] == table["clips"]
