@@ -113,7 +113,7 @@ async def test_opus_call_with_camera_streams_both_ways_and_hangs_up_clean(
             assert any(i.text == "hello there" for i in sent)
             assert any(i.video is not None for i in sent)
             assert sorted(call.task_names()) == [
-                f"call:{call.id}:{r}" for r in ("audio-in", "out", "video-in", "watchdog")
+                f"call:{call.id}:{r}" for r in ("audio-in", "background", "out", "video-in", "watchdog")
             ]
 
             # hang up: everything the call held is released when DELETE returns
