@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from fractions import Fraction
 
 from agents.backend import FireCallback
@@ -63,35 +63,30 @@ class Toolbox:
         return f"Today is {clock.say_date(today)}."
 
     def weekday(self, text: str, timezone: str | None) -> str:
-        today = clock.today_in(self.now(), timezone)
-        try:
-            d = clock.find_date(text, today)
-        except clock.ClockError as e:
-            return f"Sorry, {e}."
-        if d is None:
-            return "Sorry, I couldn't tell which date you mean; try something like December 25, 2026."
-        return clock.weekday_answer(d, today)
+        found = self._date_in(text, timezone, future=False)
+        return found if isinstance(found, str) else clock.weekday_answer(*found)
 
     def days_until(self, text: str, timezone: str | None) -> str:
-        today = clock.today_in(self.now(), timezone)
-        try:
-            d = clock.find_date(text, today, future=True)
-        except clock.ClockError as e:
-            return f"Sorry, {e}."
-        if d is None:
-            return "Sorry, I couldn't tell which date you mean; try something like December 25, 2026."
-        return clock.days_until_answer(d, today)
+        found = self._date_in(text, timezone, future=True)
+        return found if isinstance(found, str) else clock.days_until_answer(*found)
 
     def date_info(self, text: str, timezone: str | None) -> str:
         """Weekday and distance in days of the date in `text` (without a year: the next one)."""
+        found = self._date_in(text, timezone, future=True)
+        if isinstance(found, str):
+            return found
+        return f"{clock.weekday_answer(*found)} {clock.days_until_answer(*found)}"
+
+    def _date_in(self, text: str, timezone: str | None, *, future: bool) -> tuple[date, date] | str:
+        """(the date named in `text`, today) — or the sentence that says why there is none."""
         today = clock.today_in(self.now(), timezone)
         try:
-            d = clock.find_date(text, today, future=True)
+            d = clock.find_date(text, today, future=future)
         except clock.ClockError as e:
             return f"Sorry, {e}."
         if d is None:
-            return "Sorry, I couldn't tell which date you mean; try something like 2026-12-25."
-        return f"{clock.weekday_answer(d, today)} {clock.days_until_answer(d, today)}"
+            return "Sorry, I couldn't tell which date you mean; try something like December 25, 2026."
+        return d, today
 
     # --- units --------------------------------------------------------------------------------
     def convert_units(self, value: Fraction, from_unit: str, to_unit: str) -> str:
