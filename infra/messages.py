@@ -162,3 +162,45 @@ class TaskEvent(msgspec.Struct, kw_only=True):
     kind: str  # "delta" | "done" | "failed"
     text: str = ""  # delta text (kind == "delta")
     error: str = ""  # human-readable reason (kind == "failed")
+
+
+# --- horizontal scale: edge <-> worker control (DESIGN.md §9; issue 12) ------------------------
+
+# MicroTurnOutput.error of a session's last output when its worker drains (SIGTERM) or hands it
+# back: not a failure of the call, the edge places it again (SessionOpen restore=True).
+WORKER_DRAINING = "worker_draining"
+
+
+class SessionOpen(msgspec.Struct, kw_only=True, tag="open"):
+    request_id: str
+    session_id: str
+    seed: int
+    reply_to: str  # the stream the ControlReply goes to (keys.replies(edge_id))
+    restore: bool = False  # rebuild the session's window from keys.session_log (failover)
+
+
+class SessionClose(msgspec.Struct, kw_only=True, tag="close"):
+    request_id: str
+    session_id: str
+    reply_to: str
+
+
+# What travels on keys.worker_ctl(worker_id) (tagged, so one decoder tells them apart).
+ControlRequest = SessionOpen | SessionClose
+
+
+class ControlReply(msgspec.Struct, kw_only=True):
+    request_id: str
+    ok: bool
+    worker_id: str
+    error: str = ""  # human-readable
+    code: str = ""  # "full" | "draining" | "bad_request" | "error"
+
+
+class SessionMoved(msgspec.Struct, kw_only=True):
+    """A session now runs on another worker (edge -> page event "session.moved")."""
+
+    session_id: str
+    from_worker: str
+    to_worker: str
+    gap_ms: float
