@@ -99,11 +99,11 @@ class WorkerRegistry:
         """Refresh the TTL. Rewrites the hash too, so a worker whose entry was lost (a Redis
         restart, a pause longer than the TTL) is back after one beat; `sessions` (the ones
         open on it) are re-added for the same reason."""
-        fields: dict[str, Any] = {"draining": int(draining)}
-        if (cap := self._capacity.get(worker_id)) is not None:
-            fields["capacity"] = cap
+        cap = self._capacity.get(worker_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.worker(worker_id), mapping=fields)
+            pipe.hset(keys.worker(worker_id), "draining", int(draining))
+            if cap is not None:
+                pipe.hset(keys.worker(worker_id), "capacity", cap)
             pipe.hsetnx(keys.worker(worker_id), "started_at", f"{time.time():.3f}")
             pipe.pexpire(keys.worker(worker_id), self._ttl_ms)
             pipe.sadd(keys.workers(), worker_id)
@@ -121,7 +121,7 @@ class WorkerRegistry:
 
     async def live(self) -> list[WorkerInfo]:
         """Every worker whose heartbeat has not expired, by id."""
-        ids = sorted(_s(i) for i in await self.redis.smembers(keys.workers()))  # type: ignore[misc]
+        ids = sorted(_s(i) for i in await self.redis.smembers(keys.workers()))
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -141,7 +141,7 @@ class WorkerRegistry:
                 )
             )
         if gone:
-            await self.redis.srem(keys.workers(), *gone)  # type: ignore[misc]
+            await self.redis.srem(keys.workers(), *gone)
         return out
 
     async def reserve(self, session_id: str, exclude: tuple[str, ...] = ()) -> str | None:
@@ -151,7 +151,7 @@ class WorkerRegistry:
         return None if got is None else _s(got)
 
     async def release(self, worker_id: str, session_id: str) -> None:
-        await self.redis.srem(keys.worker_sessions(worker_id), session_id)  # type: ignore[misc]
+        await self.redis.srem(keys.worker_sessions(worker_id), session_id)
 
     async def sessions_of(self, worker_id: str) -> set[str]:
-        return {_s(s) for s in await self.redis.smembers(keys.worker_sessions(worker_id))}  # type: ignore[misc]
+        return {_s(s) for s in await self.redis.smembers(keys.worker_sessions(worker_id))}

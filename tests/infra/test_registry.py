@@ -69,7 +69,7 @@ async def test_a_dead_workers_heartbeat_expires_and_it_leaves_placement(connect:
     assert await reg.reserve("s1") == "alive"
     assert await reg.reserve("s2") is None  # "dead" had 8 free slots, but it is gone
     r = connect()
-    assert await r.sismember(keys.workers(), "dead") == 0  # type: ignore[misc]
+    assert await r.sismember(keys.workers(), "dead") == 0
 
 
 async def test_draining_is_not_placed_on_and_a_heartbeat_revives_a_lost_entry(connect: Clients) -> None:
