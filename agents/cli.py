@@ -34,6 +34,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--concurrency", type=int, help="tasks run at once (MICROTURN_AGENT_CONCURRENCY, default 4)")
     p.add_argument("--consumer", help="consumer name in the group (default host-pid)")
+    p.add_argument("--port", type=int, help="serve /healthz and /metrics on this port (MICROTURN_AGENT_PORT)")
 
 
 def backend_factory(name: str, backend_settings: Any) -> BackendFactory:
@@ -68,7 +69,11 @@ def run_agent(args: argparse.Namespace) -> int:
 
     try:
         settings = AgentSettings.from_env(
-            redis_url=args.redis, backend=args.backend, concurrency=args.concurrency, consumer=args.consumer
+            redis_url=args.redis,
+            backend=args.backend,
+            concurrency=args.concurrency,
+            consumer=args.consumer,
+            port=args.port,
         )
         # a custom backend factory is not one of Settings' literal choices
         overrides: dict[str, Any] = {} if settings.backend in BACKENDS else {"agent_backend": "tools"}
@@ -88,15 +93,51 @@ def run_agent(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:  # optional: only faster
         pass
-    return asyncio.run(serve_agent(settings, factory))
+    ops_key = common.ops_key.get_secret_value() if common.ops_key else None
+    return asyncio.run(serve_agent(settings, factory, host=common.host, ops_key=ops_key))
 
 
-async def serve_agent(settings: AgentSettings, factory: BackendFactory, stop: asyncio.Event | None = None) -> int:
+async def serve_ops(host: str, port: int, ops_key: str | None = None) -> Any:
+    """/healthz (always open) and /metrics (Bearer MICROTURN_OPS_KEY when set) for probes and
+    Prometheus; returns the aiohttp AppRunner to clean up."""
+    import hmac
+
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics(request: web.Request) -> web.Response:
+        presented = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        if ops_key is not None and not hmac.compare_digest(presented, f"Bearer {ops_key}".encode()):
+            return web.json_response({"error": "unauthorized"}, status=401)
+        resp = web.Response(body=generate_latest())
+        resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
+async def serve_agent(
+    settings: AgentSettings,
+    factory: BackendFactory,
+    stop: asyncio.Event | None = None,
+    *,
+    host: str = "127.0.0.1",
+    ops_key: str | None = None,
+) -> int:
+    """Run until `stop` is set (or, without one, until SIGTERM/SIGINT)."""
     from agents.worker import AgentWorker
     from infra.redis_bus import RedisBus, RedisSettings
     from infra.taskqueue import RedisTaskQueue
 
-    """Run until `stop` is set (or, without one, until SIGTERM/SIGINT)."""
     assert settings.redis_url
     if stop is None:
         stop = asyncio.Event()
@@ -106,6 +147,7 @@ async def serve_agent(settings: AgentSettings, factory: BackendFactory, stop: as
     redis = RedisSettings.from_dsn(settings.redis_url)
     bus, queue = RedisBus(redis), RedisTaskQueue(redis)
     worker = AgentWorker(queue, bus, factory, settings)
+    ops = await serve_ops(host, settings.port, ops_key) if settings.port else None
     try:
         await worker.start()
         await stop.wait()
@@ -113,6 +155,8 @@ async def serve_agent(settings: AgentSettings, factory: BackendFactory, stop: as
     finally:
         await bus.close()
         await queue.close()
+        if ops is not None:
+            await ops.cleanup()
     return 0
 
 

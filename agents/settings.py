@@ -36,6 +36,7 @@ class AgentSettings:
     read_block_s: float = 1.0
     drain_s: float = 10.0  # on SIGTERM, in-flight tasks get this long; the rest go back to the queue
     give_up_s: float = 10.0  # how long a final failure / dead letter / ack is retried in an outage
+    port: int = 0  # serve /healthz and /metrics on this port (MICROTURN_HOST); 0 = none
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:

@@ -37,7 +37,7 @@ import msgspec
 
 from agents.backend import Backend, BackendError, FireCallback, TaskContext
 from agents.settings import AgentSettings
-from infra import keys
+from infra import keys, metrics
 from infra.bus import Bus, BusClosed, BusUnavailable, Subscription
 from infra.logging import get_logger
 from infra.messages import BackgroundTask, ControlMessage, SessionEnded, TaskCancel, TaskEvent
@@ -271,11 +271,13 @@ class AgentWorker:
             if t.task_id in self._cancelled:
                 await self._emit_final(t, TaskEvent(task_id=t.task_id, seq=0, kind="failed", error="cancelled"))
                 self.stats.cancelled += 1
+                metrics.AGENT_TASKS.labels("cancelled").inc()
                 await self._ack(d)
                 return
             error = await self._attempts(run)
             if error is None:
                 self.stats.done += 1
+                metrics.AGENT_TASKS.labels("done").inc()
                 await self._ack(d)
             else:
                 await self._give_up(run, error)
@@ -285,6 +287,7 @@ class AgentWorker:
                 raise  # shutdown: stop() hands the task back to the queue
             task.uncancel()
             self.stats.cancelled += 1
+            metrics.AGENT_TASKS.labels("cancelled").inc()
             self._log.info("agent.task_cancelled", task_id=t.task_id, reason=run.cancel_reason)
             if not run.quiet:
                 failed = TaskEvent(task_id=t.task_id, seq=run.next_seq, kind="failed", error=run.cancel_reason)
@@ -306,6 +309,7 @@ class AgentWorker:
         for attempt in range(s.max_attempts):
             if attempt:
                 self.stats.retries += 1
+                metrics.AGENT_RETRIES.inc()
                 await asyncio.sleep(s.retry_backoff_s * 2 ** (attempt - 1))
             seq = 0
             try:
@@ -342,6 +346,7 @@ class AgentWorker:
         else:
             self._log.error("agent.dead_letter_failed", task_id=t.task_id)
         self.stats.failed += 1
+        metrics.AGENT_TASKS.labels("failed").inc()
         await self._emit_final(t, TaskEvent(task_id=t.task_id, seq=run.next_seq, kind="failed", error=error))
         await self._ack(d)
 

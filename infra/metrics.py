@@ -48,3 +48,8 @@ INPUT_TURNS_DROPPED = Counter(
 INPUT_GAP_TURNS = Counter("microturn_input_gap_turns_total", "Input turns with zero-filled (lost) audio")
 EVENTS_DROPPED = Counter("microturn_events_dropped_total", "Server events not sent, by reason", ["reason"])
 CLIENT_EVENT_ERRORS = Counter("microturn_client_event_errors_total", "Rejected client events, by code", ["code"])
+
+# --- background agents (agents/worker.py) ----------------------------------------------------
+# outcome: done | failed (dead-lettered or given up) | cancelled; a bounded label set
+AGENT_TASKS = Counter("microturn_agent_tasks_total", "Background tasks finished by this agent, by outcome", ["outcome"])
+AGENT_RETRIES = Counter("microturn_agent_retries_total", "Background task attempts retried after a failed attempt")
