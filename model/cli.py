@@ -1,4 +1,4 @@
-"""`microturn info` (and, as they land, worker/train/eval): the model package's subcommands."""
+"""`microturn info`, `worker` and `train` (and, as they land, eval): the model package's subcommands."""
 
 from __future__ import annotations
 
@@ -6,9 +6,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from model.checkpoint import CheckpointError, load_config
 from model.config import ConfigError, ModelConfig, count_params, get_preset
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
+    from model.service import ServiceSettings
 
 
 def add_info_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,4 +93,120 @@ def run_train(args: argparse.Namespace) -> int:
     if args.export:
         save_checkpoint(args.export, trainer.model, trainer.tokenizer, dtype=torch.bfloat16)
         print(f"exported {args.export}", file=sys.stderr)
+    return 0
+
+
+def add_worker_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run an engine that serves sessions placed on it over Redis")
+    p.add_argument("--redis", metavar="URL", help="Redis URL, e.g. redis://127.0.0.1:6379/0 (MICROTURN_REDIS_URL)")
+    p.add_argument("--worker-id", help="id in the registry (MICROTURN_WORKER_ID, default hostname-pid)")
+    p.add_argument("--max-sessions", type=int, help="engine slots (MICROTURN_MAX_SESSIONS, default 8)")
+    p.add_argument("--host", help="/healthz and /metrics address (MICROTURN_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="/healthz and /metrics port (default 8081; 0 = none)")
+    p.add_argument("--preset", help="preset used when no checkpoint exists (MICROTURN_PRESET, default tiny)")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint directory (MICROTURN_CHECKPOINT)")
+    p.add_argument("--drain-s", type=float, default=20.0, help="SIGTERM: seconds running sessions go on (20)")
+    p.add_argument("--ttl-s", type=float, default=3.0, help="heartbeat TTL in the registry (3)")
+    p.set_defaults(func=run_worker)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """SIGTERM/SIGINT: drain (no new sessions, running ones until --drain-s, then handed
+    back to their edges), leave the registry, exit 0."""
+    import asyncio
+    import os
+    import socket
+
+    from pydantic import ValidationError
+
+    from infra.logging import configure_logging
+    from infra.settings import Settings
+    from model.service import ServiceSettings
+
+    overrides = {
+        k: v
+        for k, v in {
+            "redis_url": args.redis,
+            "max_sessions": args.max_sessions,
+            "host": args.host,
+            "preset": args.preset,
+            "checkpoint": args.checkpoint,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        print(f"error: invalid settings:\n{e}", file=sys.stderr)
+        return 2
+    if not settings.redis_url:
+        print("error: --redis URL (or MICROTURN_REDIS_URL) is required; `microturn serve` runs the engine in-process",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.drain_s < 0 or args.ttl_s <= 0:
+        print("error: --drain-s must be >= 0 and --ttl-s > 0", file=sys.stderr)
+        return 2
+    worker_id = args.worker_id or os.environ.get("MICROTURN_WORKER_ID") or f"{socket.gethostname()}-{os.getpid()}"
+    port = 8081 if args.port is None else args.port
+    service = ServiceSettings(
+        worker_id=worker_id, ttl_s=args.ttl_s, drain_s=args.drain_s, stall_s=settings.engine_stall_s
+    )
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # optional: only faster
+        pass
+    return asyncio.run(serve_worker(settings, service, port))
+
+
+async def serve_worker(settings: Settings, service: ServiceSettings, port: int) -> int:
+    """Load the model, serve until SIGTERM/SIGINT, drain, exit."""
+    import asyncio
+    import functools
+    import signal
+
+    from aiohttp import web
+
+    from infra.logging import get_logger
+    from infra.redis_bus import RedisBus, RedisSettings
+    from infra.registry import WorkerRegistry
+    from model.checkpoint import load_or_random
+    from model.engine import Engine
+    from model.service import WorkerService
+
+    log = get_logger("model.cli")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    load = functools.partial(load_or_random, settings.checkpoint, settings.preset, device=settings.device)
+    ckpt = await loop.run_in_executor(None, load)
+    if not ckpt.trained:
+        log.warning("model.random_weights", preset=settings.preset, looked_in=str(settings.checkpoint))
+    engine = Engine(ckpt.model, ckpt.tokenizer, settings.max_sessions, deterministic=settings.deterministic)
+    await loop.run_in_executor(None, engine.warmup)
+    assert settings.redis_url
+    rs = RedisSettings.from_dsn(settings.redis_url)
+    bus = RedisBus(rs)
+    registry_redis = rs.client()
+    svc = WorkerService(engine, bus, WorkerRegistry(registry_redis, ttl_s=service.ttl_s), service)
+    runner: web.AppRunner | None = None
+    try:
+        if port:
+            ops_key = settings.ops_key.get_secret_value() if settings.ops_key else None
+            runner = web.AppRunner(svc.http_app(ops_key), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, settings.host, port).start()
+        await svc.start()
+        log.info("worker.ready", worker_id=service.worker_id, port=port, checkpoint=ckpt.source)
+        await stop.wait()
+        await svc.drain()
+        await svc.stop()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await bus.close()
+        await registry_redis.aclose()
     return 0

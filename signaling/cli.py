@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     model_cli.add_info_parser(sub)
     model_cli.add_train_parser(sub)
+    model_cli.add_worker_parser(sub)
     add_eval_parser(sub)
     add_agent_parser(sub)
     return parser
