@@ -171,6 +171,11 @@ class BackgroundClient:
     async def submit(self, task: BackgroundTask) -> None:
         """Queue a task. Raises BusUnavailable / QueueFull when it could not be queued."""
         self._start_watchdog()
+        if self._generation is None:
+            # Know the storage before the first task goes in: a restart between this submit
+            # and the watchdog's first look would otherwise become its baseline, and the task
+            # the old server took with it would never be re-sent.
+            self._generation = await self.queue.generation()
         await self.queue.submit(task)
         self._open[task.task_id] = _Open(task, time.monotonic())
         while len(self._open) > self.max_open:
