@@ -153,7 +153,7 @@ async def test_open_close_full_and_binary_micro_turns(
     sent = [turn_input("s1", t) for t in range(2)]
     for inp in sent:
         await edge.bus.publish_struct(keys.inputs("wa"), inp)
-    got = []
+    got: list[MicroTurnOutput] = []
     async with asyncio.timeout(60):
         while len(got) < 2:
             got.append(msgspec.msgpack.decode(await outs.get(), type=MicroTurnOutput))
