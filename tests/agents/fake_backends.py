@@ -86,3 +86,23 @@ def slow_echo(settings: object, fire: FireCallback) -> EchoBackend:
 
 def fail(settings: object, fire: FireCallback) -> FailBackend:
     return FailBackend(fire=fire)
+
+
+class AskEchoBackend(EchoBackend):
+    """Echoes only the ask (the last line of the last user message), not the window around it:
+    the answer is known to a test whose call's window holds model babble."""
+
+    name = "ask-echo"
+
+    async def run(self, ctx: TaskContext) -> AsyncIterator[str]:
+        self.runs.append(ctx.task_id)
+        lines = ctx.last_user_text().splitlines() or [""]
+        for w in lines[-1].split():
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            yield w + " "
+
+
+def slow_ask_echo(settings: object, fire: FireCallback) -> AskEchoBackend:
+    """For agent subprocesses: like slow_echo, answering the ask only."""
+    return AskEchoBackend(float(os.environ.get("MICROTURN_TEST_DELAY_S", "0.1")), fire)
