@@ -1,19 +1,24 @@
 """The aiohttp application: the call API, the call page, health, readiness and metrics.
 
-The app owns one in-process bus, one engine with its worker thread, the background agents'
-queue (the tools agent in-process on that bus, or Redis when MICROTURN_REDIS_URL is set), and
-the table of calls, all started on startup and released on cleanup whichever way the process
-stops. Shutdown order matters: calls are closed first (each releases its peer connection and
-engine slot, tells the agents its session ended, and the peer hears why), then the agents,
-then the worker stops, then the bus closes.
+`create_app` is `microturn serve`: the app owns one in-process bus, one engine with its worker
+thread (behind `LocalWorkers`), the background agents' queue (the tools agent in-process on
+that bus, or Redis when MICROTURN_REDIS_URL is set), and the table of calls, all started on
+startup and released on cleanup whichever way the process stops. Shutdown order matters:
+calls are closed first (each releases its peer connection and engine slot, tells the agents
+its session ended, and the peer hears why), then the agents, then the worker stops, then the
+bus closes. `microturn edge` (signaling/edge.py) builds the same app around Redis workers.
+
+Model code is imported inside `_runtime` only: this module is shared with the edge, whose
+process never loads torch.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,16 +32,19 @@ from infra.logging import get_logger
 from infra.redis_bus import RedisBus, RedisSettings
 from infra.settings import Settings
 from infra.taskqueue import RedisTaskQueue
-from model.checkpoint import Checkpoint, load_or_random
-from model.engine import Engine
-from model.worker import Worker, WorkerSettings
 from signaling.auth import Authenticator, RateLimiter
 from signaling.exposure import check_ops_key, exposure_warnings, install_access_log_redaction, security_headers
 from signaling.registry import CallRegistry
 from signaling.routes import add_routes, json_errors
 from signaling.runtime import BACKGROUND, CHECKPOINT, RUNTIME, SETTINGS, Runtime
+from signaling.workers import LocalWorkers
 
-__all__ = ["RUNTIME", "SETTINGS", "Runtime", "create_app"]
+if TYPE_CHECKING:
+    from model.checkpoint import Checkpoint
+
+__all__ = ["RUNTIME", "SETTINGS", "Runtime", "create_app", "drain"]
+
+RuntimeContext = Callable[[web.Application], AsyncIterator[None]]
 
 log = get_logger(__name__)
 
@@ -48,12 +56,19 @@ def create_app(
     for (an in-process tools agent, or Redis); the caller runs its agents and closes it.
     `checkpoint`: an already loaded model to serve instead of loading `settings.checkpoint`
     (tests and embedders that start many apps in one process)."""
-    app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors])
-    app[SETTINGS] = settings
+    app = base_app(settings, _runtime)
     if checkpoint is not None:
         app[CHECKPOINT] = checkpoint
     if background is not None:
         app[BACKGROUND] = background
+    return app
+
+
+def base_app(settings: Settings, runtime: RuntimeContext) -> web.Application:
+    """Routes, page, health and metrics around `runtime`, the cleanup context that puts a
+    `Runtime` under RUNTIME (the in-process one above, or the edge's)."""
+    app = web.Application(client_max_size=64 * 1024, middlewares=[json_errors])
+    app[SETTINGS] = settings
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -64,12 +79,36 @@ def create_app(
         app.router.add_static("/static", web_dir, follow_symlinks=False)
     app.on_response_prepare.append(security_headers)
     install_access_log_redaction()
-    app.cleanup_ctx.append(_runtime)
+    app.cleanup_ctx.append(runtime)
     app.on_shutdown.append(_close_calls)
     return app
 
 
+async def drain(
+    app: web.Application, deadline_s: float, *, abort: asyncio.Event | None = None, poll_s: float = 0.1
+) -> int:
+    """Take no new calls (503 shutting_down, Retry-After) and let running calls end by
+    themselves for up to `deadline_s` (or until `abort` is set); returns how many are still up
+    (the caller's shutdown closes them)."""
+    rt = app.get(RUNTIME)
+    if rt is None:
+        return 0
+    rt.calls.accepting = False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    log.info("edge.draining", calls=len(rt.calls), deadline_s=deadline_s)
+    while len(rt.calls) and loop.time() < deadline and not (abort is not None and abort.is_set()):
+        await asyncio.sleep(poll_s)
+    left = len(rt.calls)
+    log.info("edge.drained", calls_left=left)
+    return left
+
+
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
+    from model.checkpoint import load_or_random
+    from model.engine import Engine
+    from model.worker import Worker, WorkerSettings
+
     settings = app[SETTINGS]
     loop = asyncio.get_running_loop()
     ckpt = app.get(CHECKPOINT)
@@ -91,22 +130,24 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     await worker.start()
     agents = AsyncExitStack()  # the background agents we started (none when one was given)
     try:
-        background = app.get(BACKGROUND) or await agents.enter_async_context(_background_agents(settings, bus))
+        background = app.get(BACKGROUND) or await agents.enter_async_context(background_agents(settings, bus))
     except BaseException:
         await worker.stop()
         raise
-    secret = settings.token_secret.get_secret_value().encode() if settings.token_secret else None
     for warning in exposure_warnings(settings):
         log.warning("serve.exposed", message=warning)
     rt = Runtime(
-        checkpoint=ckpt,
-        engine=engine,
         bus=bus,
-        worker=worker,
+        workers=LocalWorkers(worker),
         calls=CallRegistry(),
-        auth=Authenticator(settings.api_keys, secret, settings.token_ttl_s),
+        auth=new_authenticator(settings),
         limiter=RateLimiter(settings.rate_limit_per_min),
+        model_name=ckpt.config.name,
+        trained=ckpt.trained,
+        model_source=str(ckpt.source),
         background=background,
+        engine=engine,
+        worker=worker,
     )
     app[RUNTIME] = rt
     # what is alive now lives as long as the process: keep the collector off it (infra/memory.py)
@@ -134,8 +175,13 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
             log.info("serve.stopped")
 
 
+def new_authenticator(settings: Settings) -> Authenticator:
+    secret = settings.token_secret.get_secret_value().encode() if settings.token_secret else None
+    return Authenticator(settings.api_keys, secret, settings.token_ttl_s)
+
+
 @asynccontextmanager
-async def _background_agents(settings: Settings, bus: Bus) -> AsyncIterator[BackgroundClient]:
+async def background_agents(settings: Settings, bus: Bus) -> AsyncIterator[BackgroundClient]:
     """Where background tasks go. Default: the tools agent in this process on the memory bus,
     nothing to configure. With MICROTURN_REDIS_URL: Redis, worked by `microturn agent`
     processes (plus one in here when MICROTURN_AGENT_IN_PROCESS is set)."""
@@ -181,12 +227,12 @@ async def index(request: web.Request) -> web.StreamResponse:
     if page.is_file():
         return web.FileResponse(page, headers={"Cache-Control": "no-cache"})
     rt = request.app[RUNTIME]
-    stats = rt.engine.stats()
-    warning = "" if rt.checkpoint.trained else "<p><strong>Random weights: no trained checkpoint loaded.</strong></p>"
+    stats = rt.workers.stats()
+    warning = "" if rt.trained else "<p><strong>Random weights: no trained checkpoint loaded.</strong></p>"
     html = (
         "<!doctype html><meta charset=utf-8><title>microturn</title>"
-        f"<h1>microturn</h1>{warning}<p>model: {rt.checkpoint.config.name} ({rt.checkpoint.source})</p>"
-        f"<p>sessions: {stats.active} / {stats.max_sessions}</p>"
+        f"<h1>microturn</h1>{warning}<p>model: {rt.model_name} ({rt.model_source})</p>"
+        f"<p>sessions: {stats.active} / {stats.capacity}</p>"
     )
     return web.Response(text=html, content_type="text/html")
 
@@ -200,18 +246,18 @@ async def readyz(request: web.Request) -> web.Response:
     rt = request.app.get(RUNTIME)
     if rt is None:
         return web.json_response({"status": "starting"}, status=503)
-    stats = rt.engine.stats()
+    stats = rt.workers.stats()
     # a hung or always-failing engine thread must not look ready (model/worker.py stalled_s)
-    stalled_s = rt.worker.stalled_s()
+    stalled_s = rt.workers.stalled_s()
     stalled = stalled_s > request.app[SETTINGS].engine_stall_s
     ready = stats.free > 0 and rt.calls.accepting and not stalled
     body = {
         "status": "ready" if ready else ("stalled" if stalled else "full" if rt.calls.accepting else "stopping"),
         "engine_stalled_s": round(stalled_s, 1),
         "sessions": stats.active,
-        "max_sessions": stats.max_sessions,
+        "max_sessions": stats.capacity,
         "calls": len(rt.calls),
-        "trained": rt.checkpoint.trained,
+        "trained": rt.trained,
     }
     return web.json_response(body, status=200 if ready else 503)
 

@@ -41,7 +41,6 @@ from infra.bus import Bus, Subscription
 from infra.logging import get_logger
 from infra.settings import Settings
 from media.output_track import OutputAudioTrack
-from model.worker import Worker
 from signaling import dtls
 from signaling.auth import Principal, RateLimiter
 from signaling.background import CallBackground
@@ -54,10 +53,12 @@ from signaling.events import (
     InputTextAppend,
     ServerEvent,
     SessionCreated,
+    SessionMoved,
     parse_client_event,
 )
 from signaling.ice import CandidateGate
 from signaling.transport import CloseCall, MediaTransport
+from signaling.workers import Move, WorkerPool
 
 if TYPE_CHECKING:
     from agents.client import BackgroundClient
@@ -98,7 +99,7 @@ class CallDeps:
     """What a call needs from the process it runs in."""
 
     bus: Bus
-    worker: Worker
+    workers: WorkerPool
     settings: Settings
     model_name: str
     trained: bool
@@ -134,11 +135,12 @@ class Call:
         self.transport = MediaTransport(
             call_id,
             deps.bus,
-            deps.worker.settings.worker_id,
+            deps.workers.worker_of,
             self.output,
             self.send,
             video_fps=s.video_fps,
             on_delegate=self._delegate if deps.background is not None else None,
+            on_handed_back=self._handed_back,
         )
         self.background = (
             CallBackground(
@@ -156,6 +158,7 @@ class Call:
         self.events_sent = 0
         self.events_dropped = 0
         self.client_errors = 0
+        self.moves = 0  # times the model session moved to another worker
         self._audio_in: MediaStreamTrack | None = None
         self._video_in: MediaStreamTrack | None = None
         self._sub: Subscription | None = None
@@ -219,15 +222,16 @@ class Call:
                     track.stop()
 
     async def open_session(self) -> None:
-        """Reserve the engine slot; raises model.engine.CapacityError when the worker is full."""
+        """Place the model session on a worker; raises signaling.workers.WorkersFull when none
+        has a free slot."""
         self._check_not_closing()
-        await self.deps.worker.open(self.id, seed=secrets.randbelow(2**31))
+        await self.deps.workers.open(self.id, secrets.randbelow(2**31), listener=self)
         self._engine_open = True
         # closed while the slot was being reserved: the teardown may already be past the
         # engine, so give the slot back here
         if self._teardown is not None:
             self._engine_open = False
-            await self.deps.worker.close(self.id)
+            await self.deps.workers.close(self.id)
             raise CallClosedError(f"the call ended during setup ({self.end_reason})")
 
     def _check_not_closing(self) -> None:
@@ -453,7 +457,7 @@ class Call:
                 # unconditionally (a no-op without a slot); a slot whose open() is still in
                 # flight is given back by open_session() when it sees the teardown
                 self._engine_open = False
-                await self.deps.worker.close(self.id)
+                await self.deps.workers.close(self.id)
             except Exception as e:
                 self._log.error("call.engine_close_failed", error=repr(e))
             finally:
@@ -470,6 +474,21 @@ class Call:
                     events_sent=self.events_sent,
                     events_dropped=self.events_dropped,
                 )
+
+    # placement (signaling/workers.py PlacementListener) --------------------------------------
+    def _handed_back(self) -> None:
+        """The worker drained and gave the session back: place it elsewhere (the model's window
+        is restored there from the session log)."""
+        if self._teardown is None:
+            self.deps.workers.move(self.id, "worker_draining")
+
+    def session_moved(self, move: Move) -> None:
+        self.moves += 1
+        self._log.info("call.session_moved", to_worker=move.to_worker, gap_ms=move.gap_ms, reason=move.reason)
+        self.send(SessionMoved(reason=move.reason, gap_ms=move.gap_ms))
+
+    def session_lost(self, reason: str, message: str) -> None:
+        self.end_with(CloseCall(reason, message))
 
     # background model -----------------------------------------------------------------------
     def _delegate(self, turn: int) -> None:

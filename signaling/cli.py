@@ -1,14 +1,17 @@
-"""The `microturn` command: one front door, each subcommand owned by its package."""
+"""The `microturn` command: one front door, each subcommand owned by its package.
+
+`microturn edge ...` builds a parser of its own that never touches `model`: an edge process
+must not load torch (DESIGN.md §2), and importing the model package's subcommands would.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from agents.cli import add_agent_parser
-from model import cli as model_cli
-from model.eval.cli import add_eval_parser
 
 
 def add_serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,10 +70,85 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_edge_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("edge", help="run signaling + media + page; the model runs on `microturn worker` processes")
+    p.add_argument("--redis", help="Redis URL of the cluster (MICROTURN_REDIS_URL)")
+    p.add_argument("--host", help="listen address (MICROTURN_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (MICROTURN_PORT, default 8080)")
+    p.add_argument("--edge-id", help="this edge's name for control replies (default hostname-pid)")
+    p.add_argument("--drain-s", type=float, default=30.0, help="SIGTERM: how long running calls may go on (default 30)")
+    p.add_argument("--reply-timeout-s", type=float, default=3.0, help="wait for a worker's answer (default 3)")
+    p.set_defaults(func=run_edge)
+
+
+def _settings(overrides: dict[str, Any]) -> object:
+    """Settings from the environment plus the flags given; an error message (str) when invalid."""
+    from pydantic import ValidationError
+
+    from infra.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        return f"error: invalid settings:\n{e}"
+
+
+def _quiet_ice(level: str) -> None:
+    import logging
+
+    if level != "debug":
+        # aioice logs every ICE candidate-pair check at INFO: several lines per call setup
+        for name in ("aioice", "aiortc"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_edge(args: argparse.Namespace) -> int:
+    """Signaling, media and the page over Redis; drains on SIGTERM (signaling/edge.py)."""
+    import asyncio
+
+    from infra.logging import configure_logging
+    from infra.settings import Settings
+    from signaling.edge import create_edge_app, serve_edge
+    from signaling.workers import RedisWorkersSettings
+
+    settings = _settings({"host": args.host, "port": args.port, "redis_url": args.redis})
+    if not isinstance(settings, Settings):
+        print(settings, file=sys.stderr)
+        return 2
+    if not settings.redis_url:
+        print("error: microturn edge needs --redis URL (or MICROTURN_REDIS_URL)", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_json)
+    _quiet_ice(settings.log_level)
+    app = create_edge_app(
+        settings,
+        redis_url=settings.redis_url,
+        edge_id=args.edge_id,
+        workers=RedisWorkersSettings(reply_timeout_s=args.reply_timeout_s),
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(serve_edge(app, settings.host, settings.port, args.drain_s))
+
+
+def build_edge_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="microturn", description=__doc__)
+    add_edge_parser(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from model import cli as model_cli
+    from model.eval.cli import add_eval_parser
+
     parser = argparse.ArgumentParser(prog="microturn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)
+    add_edge_parser(sub)
     model_cli.add_info_parser(sub)
     model_cli.add_train_parser(sub)
     model_cli.add_worker_parser(sub)
@@ -80,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = (build_edge_parser() if argv[:1] == ["edge"] else build_parser()).parse_args(argv)
     return int(args.func(args))
 
 

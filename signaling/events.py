@@ -207,6 +207,15 @@ class MetricsLatency(_ServerEvent):
     step_ms: float
 
 
+class SessionMoved(_ServerEvent):
+    """The model's session moved to another worker (one drained or died): the caller may have
+    heard `gap_ms` of silence; the conversation goes on. Worker names stay on the server."""
+
+    type: Literal["session.moved"] = "session.moved"
+    reason: Literal["worker_draining", "worker_lost"]
+    gap_ms: float
+
+
 class ErrorEvent(_ServerEvent):
     type: Literal["error"] = "error"
     code: str
@@ -223,5 +232,6 @@ ServerEvent = (
     | BackgroundTaskFailed
     | BackgroundTaskCancelled
     | MetricsLatency
+    | SessionMoved
     | ErrorEvent
 )

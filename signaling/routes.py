@@ -36,11 +36,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from infra import metrics
 from infra.logging import get_logger
-from model.engine import CapacityError
 from signaling.auth import AuthError, Principal, anonymous_client_id, client_address, parse_networks
 from signaling.call import Call, CallClosedError, CallDeps, IceRestartError, OfferError
 from signaling.ice import TooManyCandidatesError
 from signaling.runtime import RUNTIME, SETTINGS, Runtime
+from signaling.workers import WorkersFull
 
 log = get_logger(__name__)
 
@@ -224,25 +224,25 @@ async def create_call(request: web.Request) -> web.Response:
             f"this client already has {settings.max_calls_per_client} calls (the per-client limit)",
             retry_after=10,
         )
-    stats = rt.engine.stats()
+    stats = rt.workers.stats()
     if stats.free <= 0:  # fast path; open_session() below is the authoritative check
-        raise _engine_full(stats.max_sessions)
-    anon_slots = anonymous_slots(settings.anonymous_slot_share, stats.max_sessions)
+        raise _engine_full(WorkersFull(5.0, f"all {stats.capacity} session slots in use; try again later"))
+    anon_slots = anonymous_slots(settings.anonymous_slot_share, stats.capacity)
     if principal.anonymous and rt.calls.anonymous_count >= anon_slots:
         raise ApiError(
             503,
             "anonymous_full",
-            f"all {anon_slots} of the {stats.max_sessions} session slots open to anonymous callers are in use;"
+            f"all {anon_slots} of the {stats.capacity} session slots open to anonymous callers are in use;"
             " try again later",
             retry_after=10,
         )
 
     deps = CallDeps(
         bus=rt.bus,
-        worker=rt.worker,
+        workers=rt.workers,
         settings=settings,
-        model_name=rt.checkpoint.config.name,
-        trained=rt.checkpoint.trained,
+        model_name=rt.model_name,
+        trained=rt.trained,
         on_closed=rt.calls.remove,
         background=rt.background,
     )
@@ -256,9 +256,9 @@ async def create_call(request: web.Request) -> web.Response:
     except OfferError as e:
         await call.close("bad_offer")
         raise ApiError(400, "bad_sdp", str(e)[:300]) from None
-    except CapacityError as e:
+    except WorkersFull as e:
         await call.close("engine_full")
-        raise _engine_full(e.max_sessions) from None
+        raise _engine_full(e) from None
     except CallClosedError as e:  # shutdown (or the peer) ended it mid-setup
         await call.close("setup_failed")
         raise ApiError(503, "call_closed", str(e), retry_after=5) from None
@@ -279,8 +279,8 @@ def anonymous_slots(share: float, max_sessions: int) -> int:
     return 0 if share <= 0 else max(1, math.floor(share * max_sessions + 1e-9))
 
 
-def _engine_full(max_sessions: int) -> ApiError:
-    return ApiError(503, "engine_full", f"all {max_sessions} session slots in use; try again later", retry_after=5)
+def _engine_full(e: WorkersFull) -> ApiError:
+    return ApiError(503, "engine_full", e.message, retry_after=max(1, math.ceil(e.retry_after_s)))
 
 
 # PATCH / DELETE /v1/calls/{id} -------------------------------------------------------------------

@@ -30,9 +30,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from agents.context import ConversationWindow
 from infra import keys, metrics
-from infra.bus import Bus, BusClosed, Subscription
+from infra.bus import Bus, BusClosed, BusUnavailable, Subscription
 from infra.logging import get_logger
-from infra.messages import MicroTurnOutput
+from infra.messages import WORKER_DRAINING, MicroTurnOutput
 from media.assembler import MicroTurnAssembler
 from media.output_track import OutputAudioTrack
 from media.resampler import Resampler
@@ -70,21 +70,24 @@ class MediaTransport:
         self,
         session_id: str,
         bus: Bus,
-        worker_id: str,
+        worker_of: Callable[[str], str | None],  # WorkerPool.worker_of: asked every turn, it changes on a move
         output: OutputAudioTrack,
         emit: Callable[[ServerEvent], object],
         *,
         video_fps: float = 1.0,
         on_delegate: Callable[[int], None] | None = None,  # the turn whose output carried <delegate>
+        on_handed_back: Callable[[], None] | None = None,  # the worker gave the session back (drain)
     ) -> None:
         self.session_id = session_id
         self.bus = bus
+        self.worker_of = worker_of
+        self.on_handed_back = on_handed_back
         self.output = output
         self.emit = emit
         self.on_delegate = on_delegate
         self.video_fps = video_fps
         self.assembler = MicroTurnAssembler(session_id)
-        self._inputs_topic = keys.inputs(worker_id)
+        self.turns_unplaced = 0  # inputs dropped because the session had no worker at that moment
         self._turn_in: OrderedDict[int, float] = OrderedDict()  # turn -> monotonic time its last sample arrived
         self._background: deque[str] = deque()
         self._background_chars = 0
@@ -136,10 +139,16 @@ class MediaTransport:
                     self._background_chars = 0
                 self._stamp(inp.turn, now)
                 self.turns_in += 1
+                worker = self.worker_of(self.session_id)
+                if worker is None:  # closed or between workers: the turn is lost either way
+                    self.turns_unplaced += 1
+                    continue
                 try:
-                    await self.bus.publish(self._inputs_topic, msgspec.msgpack.encode(inp))
+                    await self.bus.publish(keys.inputs(worker), msgspec.msgpack.encode(inp))
                 except BusClosed:
                     return  # server shutting down
+                except BusUnavailable:  # Redis away: this 200 ms is stale by the time it is back
+                    self.turns_unplaced += 1
 
     async def consume_video(self, track: MediaStreamTrack) -> None:
         """Read the peer's camera; convert only the frames the sampler keeps (<= fps), off the loop."""
@@ -185,6 +194,9 @@ class MediaTransport:
                 out = msgspec.msgpack.decode(data, type=MicroTurnOutput)
             except msgspec.DecodeError as e:
                 log.warning("call.bad_output", call_id=self.session_id, error=str(e))
+                continue
+            if out.error == WORKER_DRAINING and self.on_handed_back is not None:
+                self.on_handed_back()  # not the call's fault: it is placed again
                 continue
             if out.error:
                 log.error("call.engine_error", call_id=self.session_id, turn=out.turn, error=out.error)

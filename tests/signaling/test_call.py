@@ -18,7 +18,7 @@ def new_call(rt: Runtime) -> Call:
     settings = edge_settings()
     deps = CallDeps(
         bus=rt.bus,
-        worker=rt.worker,
+        workers=rt.workers,
         settings=settings,
         model_name="tiny",
         trained=False,

@@ -65,7 +65,7 @@ async def test_frames_become_turns_and_outputs_become_audio_events_and_latency(b
     events: list[ServerEvent] = []
     delegations: list[int] = []
     track = OutputAudioTrack()
-    t = MediaTransport("s1", bus, "local", track, events.append, on_delegate=delegations.append)
+    t = MediaTransport("s1", bus, lambda _: "local", track, events.append, on_delegate=delegations.append)
     inputs = bus.subscribe(keys.inputs("local"))
     outputs = bus.subscribe(keys.outputs("s1"))
     pump = asyncio.create_task(t.pump_outputs(outputs))
@@ -145,7 +145,7 @@ async def test_video_beyond_the_limits_ends_the_call_with_a_reason(
     from signaling.transport import CloseCall
 
     track = OutputAudioTrack()
-    t = MediaTransport("s1", bus, "local", track, lambda e: None)
+    t = MediaTransport("s1", bus, lambda _: "local", track, lambda e: None)
     try:
         with pytest.raises(CloseCall) as info:
             await t.consume_video(BigVideoTrack(width, height))
@@ -161,7 +161,7 @@ async def test_video_beyond_the_limits_ends_the_call_with_a_reason(
 
 async def test_a_normal_camera_is_accepted(bus: MemoryBus) -> None:
     track = OutputAudioTrack()
-    t = MediaTransport("s1", bus, "local", track, lambda e: None)
+    t = MediaTransport("s1", bus, lambda _: "local", track, lambda e: None)
 
     class Paced(BigVideoTrack):
         async def recv(self) -> av.VideoFrame:
@@ -183,7 +183,7 @@ async def test_engine_error_and_dropped_text_reach_the_client(bus: MemoryBus) ->
 
     events: list[ServerEvent] = []
     track = OutputAudioTrack()
-    t = MediaTransport("s1", bus, "local", track, events.append)
+    t = MediaTransport("s1", bus, lambda _: "local", track, events.append)
     outputs = bus.subscribe(keys.outputs("s1"))
     pump = asyncio.create_task(t.pump_outputs(outputs))
     try:
