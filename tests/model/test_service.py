@@ -5,6 +5,7 @@ leak guard in-process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -21,7 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from infra import keys
-from infra.bus import Subscription
+from infra.bus import BusUnavailable, Subscription
 from infra.messages import (
     WORKER_DRAINING,
     ControlReply,
@@ -88,11 +89,12 @@ class Edge:
                 if reply.request_id == msg.request_id:
                     return reply
 
-    async def open(self, worker_id: str, session_id: str, seed: int = 0) -> ControlReply:
+    async def open(self, worker_id: str, session_id: str, seed: int = 0, timeout: float = 30) -> ControlReply:
         rid = secrets.token_hex(4)
         return await self.request(
             worker_id,
             SessionOpen(request_id=rid, session_id=session_id, seed=seed, reply_to=keys.replies(self.edge_id)),
+            timeout,
         )
 
     async def close(self, worker_id: str, session_id: str) -> ControlReply:
@@ -255,3 +257,42 @@ async def test_a_reservation_whose_open_never_comes_is_released(redis_server: Re
         await bus.close()
         await r.aclose()
         await edge_r.aclose()
+
+
+async def test_after_a_redis_restart_the_worker_is_placeable_again_with_its_sessions(
+    redis_server: RedisServer,
+) -> None:
+    """A Redis restart without persistence forgets the registry: the next heartbeats put the
+    worker back, its open sessions counted, and control requests reach it again."""
+    from model.engine import Engine
+    from model.interaction import InteractionModel
+    from model.service import ServiceSettings, WorkerService
+    from model.tokenizer import Tokenizer
+    from tests.model.conftest import micro_config
+
+    cfg = micro_config()
+    engine = Engine(InteractionModel(cfg).eval(), Tokenizer.default(cfg.vocab_size), 2)
+    rs = RedisSettings.from_dsn(redis_server.url, block_ms=200, backoff_max_s=0.2)
+    bus, r = RedisBus(rs), rs.client()
+    svc = WorkerService(engine, bus, WorkerRegistry(r, ttl_s=0.6), ServiceSettings(worker_id="wr", ttl_s=0.6))
+    edge = Edge(redis_server.url)
+    try:
+        await svc.start()
+        assert (await edge.open("wr", "s1")).ok
+        redis_server.restart()
+        async with asyncio.timeout(20):
+            while [(w.worker_id, w.sessions) for w in await edge.registry.live()] != [("wr", 1)]:
+                await asyncio.sleep(0.1)
+        assert await edge.registry.reserve("s2") == "wr"
+        assert await edge.registry.reserve("s3") is None  # s1 still holds the other slot
+        async with asyncio.timeout(20):  # the control stream is read again (the request may need a retry
+            while True:  # while the reader is still backing off)
+                with contextlib.suppress(TimeoutError, BusUnavailable):  # a stale pooled connection
+                    if (await edge.open("wr", "s2", timeout=1)).ok:
+                        break
+        assert svc.sessions() == {"s1", "s2"}
+    finally:
+        await svc.stop()
+        await edge.aclose()
+        await bus.close()
+        await r.aclose()
