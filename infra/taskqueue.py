@@ -254,6 +254,7 @@ class RedisTaskQueue(TaskQueue):
         self._cursor = b"0-0"  # XAUTOCLAIM resumes where its last call stopped
         self._run_id: bytes | None = None
         self._generation = 0
+        self._unbased = False  # an entry went in while the server's run_id was unknown
 
     @classmethod
     def from_dsn(cls, dsn: str) -> RedisTaskQueue:
@@ -301,6 +302,7 @@ class RedisTaskQueue(TaskQueue):
             return eid, int(n)
 
         eid, n = await self._call(add)
+        self._unbased |= self._run_id is None
         if n > self.max_tasks:
             await self._call(self._redis.xdel, self.stream, eid)
             raise QueueFull(f"{n - 1} background tasks queued")
@@ -424,12 +426,15 @@ class RedisTaskQueue(TaskQueue):
         run_id = info.get("run_id")
         if isinstance(run_id, str):
             run_id = run_id.encode()
-        if self._run_id is not None and run_id != self._run_id:
+        # A server first seen after entries went in may not be the one that took them: count
+        # it as a restart too (a needless re-send is harmless, a lost task is not).
+        if run_id != self._run_id and (self._run_id is not None or self._unbased):
             self._generation += 1
             self._group_ready = False
             self._cursor = b"0-0"
             log.warning("taskqueue.redis_restarted", generation=self._generation)
         self._run_id = run_id
+        self._unbased = False
         return self._generation
 
     async def close(self) -> None:
