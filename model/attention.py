@@ -11,6 +11,16 @@ p lives at `n_sinks + (p - n_sinks) % ring_len`. The ring holds the window plus 
 slack, so a chunk's keys are written first and attention then reads the cache alone, in
 place (no concatenation, and no copy at all when the batch's slots are contiguous). Memory
 per session is bounded, so a call never ends at a context limit.
+
+Batch-invariant mode (deterministic serving) runs one attention call per session instead of
+one for the batch. An attention kernel blocks query rows by the query length it is given
+(PyTorch's CPU flash kernel picks 32, 64 or 256 rows from it), and in a ragged prefill that
+length is the longest chunk of the batch, so a session's rows could round differently alone
+and batched. Each per-session call gets only that session's real query rows and its own
+filled cache entries, copied into fresh buffers: its shapes, strides, alignment and values
+are the same whatever else is in the batch and however it is padded. The only assumption is
+that a library call given exactly the same inputs returns the same bits, the one the
+vocoder's per-item GEMMs make (model/linear.py); no kernel's blocking or threading matters.
 """
 
 from __future__ import annotations
@@ -109,7 +119,66 @@ def attention_mask(qpos: torch.Tensor, kpos: torch.Tensor, n_sinks: int, window:
     return allowed[:, None]
 
 
+def attend(
+    q: torch.Tensor,  # (B, H, T, hd)
+    k: torch.Tensor,  # (B, Hkv, Tk, hd)
+    v: torch.Tensor,  # (B, Hkv, Tk, hd)
+    qpos: torch.Tensor,  # (B, T) absolute positions of the queries
+    kpos: torch.Tensor,  # (B, Tk) absolute positions of the keys (-1 = no key)
+    valid: torch.Tensor,  # (B, T) real queries (False = ragged padding)
+    n_sinks: int,
+    window: int,
+) -> torch.Tensor:
+    """Grouped-query attention over the whole batch in one SDPA call -> (B, H, T, hd)."""
+    B, H, T, hd = q.shape
+    mask = attention_mask(qpos, kpos, n_sinks, window)  # (B, 1, T, Tk)
+    # Padding queries attend to key 0 only, so no row is fully masked (SDPA would give NaN).
+    mask[..., 0] |= ~valid[:, None, :]
+    # GQA without copying the cache: fold each kv head's query heads into its query rows.
+    rep = H // k.shape[1]
+    qg = q.reshape(B, k.shape[1], rep * T, hd)  # (B, Hkv, rep*T, hd)
+    y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(1, 1, rep, 1))
+    return y.view(B, H, T, hd)
+
+
+def attend_per_session(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qpos: torch.Tensor,
+    kpos: torch.Tensor,
+    valid: torch.Tensor,
+    n_sinks: int,
+    window: int,
+) -> torch.Tensor:
+    """`attend`, one call per batch row on its real queries and keys alone; padding rows are 0.
+
+    Fancy indexing copies each session's rows into fresh (allocator-aligned) buffers, so the
+    call a session makes depends on nothing but that session (see the module docstring).
+    """
+    y = torch.zeros_like(q)  # (B, H, T, hd)
+    for b in range(q.shape[0]):
+        qi = valid[b].nonzero().squeeze(1)
+        if qi.numel() == 0:
+            continue
+        ki = (kpos[b] >= 0).nonzero().squeeze(1)
+        yb = attend(
+            q[b][:, qi][None],
+            k[b][:, ki][None],
+            v[b][:, ki][None],
+            qpos[b, qi][None],
+            kpos[b, ki][None],
+            torch.ones(1, qi.numel(), dtype=torch.bool, device=q.device),
+            n_sinks,
+            window,
+        )
+        y[b][:, qi] = yb[0]
+    return y
+
+
 class Attention(nn.Module):
+    batch_invariant: bool = False  # one attention call per session; set by set_batch_invariant
+
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -139,16 +208,8 @@ class Attention(nn.Module):
         else:  # streaming: write first, then read the slots' cache in place
             ctx.cache.write(self.layer, ctx.slots, k, v, ctx.where)
             k_all, v_all, kpos = ctx.cache.k[self.layer, ctx.rows], ctx.cache.v[self.layer, ctx.rows], ctx.kpos
-        mask = attention_mask(pos, kpos, self.cfg.n_sinks, self.cfg.window)  # (B, 1, T, Tk)
-        # Padding queries attend to key 0 only, so no row is fully masked (SDPA would give NaN).
-        mask[..., 0] |= ~valid[:, None, :]
-
-        # GQA without copying the cache: fold each kv head's query heads into its query rows.
-        rep = self.n_heads // self.n_kv
-        qg = q.reshape(B, self.n_kv, rep * T, self.hd)  # (B, Hkv, rep*T, hd)
-        mask = mask.repeat(1, 1, rep, 1)  # (B, 1, rep*T, Tk)
-        y = F.scaled_dot_product_attention(qg, k_all, v_all, attn_mask=mask)
-        y = y.view(B, self.n_heads, T, self.hd)  # (B, H, T, hd)
+        fn = attend_per_session if self.batch_invariant else attend
+        y = fn(q, k_all, v_all, pos, kpos, valid, self.cfg.n_sinks, self.cfg.window)  # (B, H, T, hd)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 

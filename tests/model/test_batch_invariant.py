@@ -7,9 +7,10 @@ deterministic per call but rounds every row by the call's shape and the row's pl
 Batch-invariant modules must still give bitwise the same row alone or batched: they may only
 rely on the same call giving the same bits, which holds on every machine.
 
-Covered: RMSNorm and LayerNorm (`row_sum`) and the vocoder's per-item GEMMs. Not yet: the
-CPU Linear/MoE path (one batched GEMM over a stride-0 weight, model/linear.py), whose
-invariance still rests on the BLAS treating batch items alike.
+Covered: RMSNorm and LayerNorm (`row_sum`), the vocoder's per-item GEMMs and attention (one
+SDPA call per session). Not covered: the CPU Linear/MoE path (one batched GEMM over a stride-0
+weight, model/linear.py), whose invariance rests on the BLAS treating batch items alike; it
+fails under these fixtures, and on some shapes it fails on real CPUs too (see linear.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model.attention import attend, attend_per_session
 from model.config import ModelConfig
 from model.linear import Linear, set_batch_invariant
 from model.norm import LayerNorm, RMSNorm
@@ -73,6 +75,12 @@ def row_dependent_reductions(monkeypatch: pytest.MonkeyPatch) -> None:
     _patch(monkeypatch, F, "layer_norm", _skew_rows)
 
 
+@pytest.fixture
+def row_dependent_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An attention kernel that blocks query rows by the call's shape, as SDPA's CPU kernel does."""
+    _patch(monkeypatch, F, "scaled_dot_product_attention", _skew_rows)
+
+
 def _assert_rows_alone_equal_batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> None:
     batched = fn(x)
     for i in range(x.shape[0]):
@@ -113,3 +121,76 @@ def test_batch_invariant_paths_match_the_plain_ones() -> None:
         plain = module(x)
         set_batch_invariant(module, True)
         torch.testing.assert_close(module(x), plain, atol=1e-5, rtol=1e-5)
+
+
+# Attention: sessions with different chunk lengths, keys in ring order with empty entries,
+# a small window and sinks so the mask matters.
+H, HKV, HD, CACHE, SINKS, WINDOW = 4, 2, 16, 24, 2, 7
+Session = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # q, k, v, qpos, kpos
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # ... valid
+
+
+def _session(seed: int, n_queries: int, n_keys: int) -> Session:
+    g = torch.Generator().manual_seed(seed)
+    start = 5 * seed  # later sessions are further into their call
+    pos = start + torch.arange(n_keys)
+    kpos = torch.full((CACHE,), -1, dtype=torch.long)
+    kpos[torch.randperm(CACHE, generator=g)[:n_keys]] = pos
+    q = torch.randn(H, n_queries, HD, generator=g)
+    k, v = torch.randn(2, HKV, CACHE, HD, generator=g)
+    return q, k, v, pos[-n_queries:], kpos
+
+
+def _batch(sessions: list[Session], pad_to: int) -> Batch:
+    """Stack sessions into one ragged batch padded to `pad_to` queries (padding = noise)."""
+    B = len(sessions)
+    q = torch.randn(B, H, pad_to, HD, generator=torch.Generator().manual_seed(99))
+    qpos = torch.zeros(B, pad_to, dtype=torch.long)
+    valid = torch.zeros(B, pad_to, dtype=torch.bool)
+    for b, (qb, _, _, pb, _) in enumerate(sessions):
+        n = qb.shape[1]
+        q[b, :, :n], qpos[b, :n], valid[b, :n] = qb, pb, True
+    k = torch.stack([s[1] for s in sessions])
+    v = torch.stack([s[2] for s in sessions])
+    kpos = torch.stack([s[4] for s in sessions])
+    return q, k, v, qpos, kpos, valid
+
+
+SESSIONS = [_session(1, 5, 9), _session(2, 2, 24), _session(3, 7, 16)]
+
+
+def _alone_and_batched(fn: Callable[..., torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(alone, batched) real rows of each session: alone unpadded and padded by 3, batched
+    padded to 9 (its longest chunk is 7)."""
+    batched = fn(*_batch(SESSIONS, 9), SINKS, WINDOW)
+    pairs = []
+    for b, s in enumerate(SESSIONS):
+        n = s[0].shape[1]
+        for pad in (0, 3):
+            alone = fn(*_batch([s], n + pad), SINKS, WINDOW)
+            pairs.append((alone[0, :, :n], batched[b, :, :n]))
+    return pairs
+
+
+@pytest.mark.usefixtures("row_dependent_attention")
+@torch.no_grad()
+def test_attention_rows_alone_equal_batched() -> None:
+    for alone, batched in _alone_and_batched(attend_per_session):
+        assert torch.equal(alone, batched)
+
+
+@pytest.mark.usefixtures("row_dependent_attention")
+@torch.no_grad()
+def test_fixture_really_makes_batched_sdpa_batch_dependent() -> None:
+    pairs = _alone_and_batched(attend)
+    assert not all(torch.equal(a, b) for a, b in pairs), "the skewed SDPA changed nothing: test is vacuous"
+
+
+@torch.no_grad()
+def test_per_session_attention_matches_batched_sdpa() -> None:
+    args = _batch(SESSIONS, 9)
+    valid = args[-1]
+    fast, exact = attend(*args, SINKS, WINDOW), attend_per_session(*args, SINKS, WINDOW)
+    mask = valid[:, None, :, None].expand_as(fast)
+    torch.testing.assert_close(exact[mask], fast[mask], atol=1e-6, rtol=1e-6)
+    assert not exact[~mask].any(), "padding rows are zero"
