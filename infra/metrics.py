@@ -53,3 +53,17 @@ CLIENT_EVENT_ERRORS = Counter("microturn_client_event_errors_total", "Rejected c
 # outcome: done | failed (dead-lettered or given up) | cancelled; a bounded label set
 AGENT_TASKS = Counter("microturn_agent_tasks_total", "Background tasks finished by this agent, by outcome", ["outcome"])
 AGENT_RETRIES = Counter("microturn_agent_retries_total", "Background task attempts retried after a failed attempt")
+
+# --- edge placement on workers (signaling/workers.py; issue 12) ------------------------------
+# outcome: placed | refused (full/draining/error reply) | timeout (no reply) | full (no worker left)
+PLACEMENTS = Counter("microturn_placements_total", "Session placement attempts by this edge, by outcome", ["outcome"])
+PLACEMENT_SECONDS = Histogram(
+    "microturn_placement_seconds",
+    "Reserve + SessionOpen round trip until a worker accepted a session",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 3.0),
+)
+# reason: worker_draining | worker_lost; outcome: moved | lost (no worker could take it)
+SESSION_MOVES = Counter(
+    "microturn_session_moves_total", "Sessions placed again after their worker left", ["reason", "outcome"]
+)
+POOL_SLOTS = Gauge("microturn_pool_slots", "Worker slots this edge sees (kind: capacity | active)", ["kind"])

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
 
-from infra import keys
+from infra import keys, metrics
 from infra.bus import BusClosed, BusUnavailable, Subscription
 from infra.logging import get_logger
 from infra.messages import ControlReply, SessionClose, SessionOpen
@@ -267,6 +267,7 @@ class RedisWorkers:
 
     # placement ----------------------------------------------------------------------------------
     async def _place(self, session_id: str, seed: int, *, restore: bool, exclude: tuple[str, ...]) -> str:
+        started = time.monotonic()
         tried = list(exclude)
         for _ in range(self.settings.max_attempts):
             try:
@@ -292,17 +293,22 @@ class RedisWorkers:
                 raise
             if reply is not None and reply.ok:
                 self.counters.placements += 1
+                metrics.PLACEMENTS.labels("placed").inc()
+                metrics.PLACEMENT_SECONDS.observe(time.monotonic() - started)
                 log.info("workers.placed", session_id=session_id, worker_id=worker_id, restore=restore)
                 return worker_id
             if reply is None:
                 self.counters.timeouts += 1
+                metrics.PLACEMENTS.labels("timeout").inc()
                 log.warning("workers.open_timeout", session_id=session_id, worker_id=worker_id)
                 self._abandon(worker_id, session_id)  # it may still open it late
             else:
                 self.counters.refusals += 1
+                metrics.PLACEMENTS.labels("refused").inc()
                 log.info("workers.open_refused", session_id=session_id, worker_id=worker_id, code=reply.code)
                 await self._release_slot(worker_id, session_id)
             tried.append(worker_id)
+        metrics.PLACEMENTS.labels("full").inc()
         cap = self._stats.capacity
         message = _full_message(cap) if cap else "no worker is available; try again later"
         raise WorkersFull(self.settings.retry_after_s, message, capacity=cap)
@@ -317,6 +323,7 @@ class RedisWorkers:
             new = await self._place(session_id, p.seed, restore=True, exclude=(old,))
         except WorkersFull as e:
             self.counters.lost += 1
+            metrics.SESSION_MOVES.labels(reason, "lost").inc()
             p.moving = None
             if self._placed.get(session_id) is p:
                 del self._placed[session_id]
@@ -329,6 +336,7 @@ class RedisWorkers:
         p.moves += 1
         p.moving = None
         self.counters.moves += 1
+        metrics.SESSION_MOVES.labels(reason, "moved").inc()
         move = Move(session_id, old, new, round((time.monotonic() - noticed) * 1000.0, 1), reason)
         log.info("workers.moved", session_id=session_id, from_worker=old, to_worker=new, gap_ms=move.gap_ms)
         if p.listener is not None:
@@ -410,6 +418,8 @@ class RedisWorkers:
         self._last_watch_ok = time.monotonic()
         taking = [w for w in live if not w.draining]
         self._stats = PoolStats(active=sum(w.sessions for w in taking), capacity=sum(w.capacity for w in taking))
+        metrics.POOL_SLOTS.labels("capacity").set(self._stats.capacity)
+        metrics.POOL_SLOTS.labels("active").set(self._stats.active)
         self._live = {w.worker_id for w in live}
         for sid, p in list(self._placed.items()):
             # (placed since the read began: on a worker this picture may not show yet)

@@ -13,6 +13,7 @@ from typing import Literal
 
 import msgspec
 import pytest
+from prometheus_client import REGISTRY
 
 from infra import keys
 from infra.messages import ControlReply, ControlRequest, SessionClose, SessionOpen
@@ -118,9 +119,15 @@ async def cluster(
                 await w.die()
 
 
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 async def test_open_places_on_the_least_loaded_and_close_releases(redis_server: RedisServer) -> None:
     async with cluster(redis_server, "ok", "ok") as (pool, (w0, w1)):
+        before = sample("microturn_placements_total", outcome="placed")
         placed = [await pool.open(f"s{i}", seed=i) for i in range(4)]
+        assert sample("microturn_placements_total", outcome="placed") == before + 4
         assert sorted(placed) == ["w0", "w0", "w1", "w1"]
         assert pool.worker_of("s0") == placed[0] and pool.worker_of("nope") is None
         assert [o.session_id for o in w0.opened + w1.opened] != [] and all(not o.restore for o in w0.opened)
@@ -155,6 +162,7 @@ async def test_a_dead_workers_sessions_are_restored_elsewhere(redis_server: Redi
         listener = Listener()
         first = await pool.open("s", seed=42, listener=listener)
         dead, alive = (w0, w1) if first == "w0" else (w1, w0)
+        moves = sample("microturn_session_moves_total", reason="worker_lost", outcome="moved")
         await dead.die()
         await asyncio.wait_for(listener.event.wait(), 10)  # ttl 1 s + a watch tick
         assert listener.lost == []
@@ -163,6 +171,7 @@ async def test_a_dead_workers_sessions_are_restored_elsewhere(redis_server: Redi
         assert pool.worker_of("s") == alive.worker_id
         (restored,) = alive.opened
         assert restored.restore and restored.seed == 42 and restored.session_id == "s"
+        assert sample("microturn_session_moves_total", reason="worker_lost", outcome="moved") == moves + 1
 
 
 async def test_a_handed_back_session_moves_and_a_lost_one_is_reported(redis_server: RedisServer) -> None:
