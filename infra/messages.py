@@ -204,3 +204,37 @@ class SessionMoved(msgspec.Struct, kw_only=True):
     from_worker: str
     to_worker: str
     gap_ms: float
+
+
+# --- failover: what a session's sequence holds, one record per micro-turn (DESIGN.md §9) ------
+
+
+class TurnRecord(msgspec.Struct, kw_only=True):
+    """One micro-turn of a session as its sequence holds it, appended to keys.session_log.
+
+    The positions themselves, not the raw input: the dMel bins the model read (exact whatever
+    the featurizer's state, and 20x smaller than the float32 audio), the text and background
+    tokens that made it into IN_k, and each output position's text token and bins (what the
+    next position was fed). A new worker rebuilds the session's KV window from these with a
+    chunked prefill (model/engine.py `Engine.restore`). Bins are uint8 bytes (dmel_bins <= 256),
+    row-major (positions_per_turn, frames_per_position, n_mels).
+    """
+
+    session_id: str
+    seed: int
+    turn: int  # the engine's step count (what the time embeddings and noise keys use)
+    input_turn: int  # the MicroTurnInput.turn (the edge's numbering; the worker resumes after it)
+    start_pos: int  # absolute position of IN_k's first position
+    in_bins: bytes  # the user-audio positions' dMel bins
+    video: bytes | None = None  # the frame, raw uint8 RGB (patches are recomputed from it)
+    text_ids: list[int] = msgspec.field(default_factory=list)  # typed tokens fed this turn
+    bg_ids: list[int] = msgspec.field(default_factory=list)  # background tokens fed this turn
+    prev_token: int = 0  # what output slot 0 was fed (the previous turn's last output)
+    prev_bins: bytes = b""
+    out_tokens: list[int] = msgspec.field(default_factory=list)
+    out_bins: bytes = b""  # each output position's mel as bins
+    speaking: bool = False  # the speak gate's state after the turn
+    audio_tail: bytes = b""  # float32 LE: the featurizer's overlap after this turn's audio
+    # typed / background tokens still queued after the turn (usually empty)
+    pending_text: list[int] = msgspec.field(default_factory=list)
+    pending_bg: list[int] = msgspec.field(default_factory=list)

@@ -10,6 +10,10 @@ One session must not take the others down: `step_isolated` prepares each session
 its own (a session that raises there is left out before any shared compute), and when the
 batched compute itself raises it reruns each session alone to find the one that fails. A
 failed session is closed (its state can no longer be trusted) and named with its reason.
+
+Failover (DESIGN.md §9): with `log_turns` set, every step also returns one `TurnRecord` per
+session (what that turn put into its sequence); `restore` rebuilds a session from such records
+on another engine with a chunked prefill, so the next step continues where the lost worker was.
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from infra.messages import InputError, MicroTurnInput, MicroTurnOutput
+from infra.messages import FRAME_SHAPE, InputError, MicroTurnInput, MicroTurnOutput, TurnRecord
 from model.attention import KVCache
+from model.config import BACKGROUND, USER_TEXT, ModelConfig
 from model.interaction import InteractionModel
-from model.positions import Positions
+from model.positions import Positions, concat, input_positions, output_position
 from model.session import SessionState, run_batch, step_batch
 from model.tokenizer import Tokenizer
+from model.vision import frame_to_patches
 
 
 class CapacityError(RuntimeError):
@@ -55,6 +61,7 @@ class EngineStats:
 class StepResult:
     outputs: list[MicroTurnOutput] = field(default_factory=list)  # for the sessions that stepped, in input order
     failed: dict[str, str] = field(default_factory=dict)  # session_id -> why; these sessions are closed
+    records: list[TurnRecord] = field(default_factory=list)  # with Engine.log_turns: one per output
 
 
 def _reason(e: BaseException) -> str:
@@ -87,6 +94,8 @@ class Engine:
         self._free = list(range(max_sessions))  # lowest slot first: reuse is predictable
         self._sessions: dict[str, SessionState] = {}
         self._lock = threading.Lock()
+        self.log_turns = False  # build a TurnRecord per session and step (the failover log)
+        self._records: list[TurnRecord] = []
 
     # lifecycle ----------------------------------------------------------------------------
     def open(self, session_id: str, seed: int = 0, *, trace: bool = False) -> None:
@@ -162,6 +171,7 @@ class Engine:
         result = StepResult()
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
+            self._records = []
             ready: list[tuple[SessionState, MicroTurnInput, Positions]] = []
             for inp in inputs:
                 state = self._sessions.get(inp.session_id)
@@ -191,6 +201,8 @@ class Engine:
                     self._close_locked(sid)
         by_id = {o.session_id: o for o in outs}
         result.outputs = [by_id[i.session_id] for i in inputs if i.session_id in by_id]
+        result.records = [r for r in self._records if r.session_id in by_id]
+        self._records = []
         return result
 
     def _run(self, ready: list[tuple[SessionState, MicroTurnInput, Positions]], t0: float) -> list[MicroTurnOutput]:
@@ -199,7 +211,70 @@ class Engine:
         states = [r[0] for r in ready]
         inputs = [r[1] for r in ready]
         chunks = [r[2] for r in ready]
-        return run_batch(self.model, self.cache, self.tokenizer, states, inputs, chunks, t_start=t0)
+        prev = [(s.last_token, s.last_bins) for s in states]  # what output slot 0 is fed
+        outs = run_batch(self.model, self.cache, self.tokenizer, states, inputs, chunks, t_start=t0)
+        if self.log_turns:
+            self._records += [
+                turn_record(self.model.cfg, s, i, c, o, p)
+                for s, i, c, o, p in zip(states, inputs, chunks, outs, prev, strict=True)
+            ]
+        return outs
+
+    # failover -----------------------------------------------------------------------------
+    def restore(self, session_id: str, seed: int, records: list[TurnRecord]) -> SessionState:
+        """Open `session_id` and rebuild its sequence from logged turns, so the next step continues it.
+
+        Uses the turn-0 record (it holds the attention sinks) when present, plus the newest run of
+        consecutive turns. The positions are replayed at their original absolute positions in
+        chunks of at most `max_chunk` (what the ring's slack holds: a longer chunk would overwrite
+        entries its own first queries still read). When the records reach back to turn 0 the
+        rebuilt cache is the one the lost worker had, up to the float rounding of a prefill
+        against incremental steps (tests/model/test_restore.py). When older turns were trimmed,
+        the replayed positions attend to less history than they first did, so the window is an
+        approximation that the next turns wash out of the ring. The vocoder and the caption/text
+        UTF-8 decoders start fresh: the first restored turn may click (its Griffin-Lim overlap is
+        gone). No records: a fresh open.
+        """
+        recs = usable_records(records)
+        if recs and any(r.seed != seed for r in recs):
+            raise ValueError(f"records: logged seed differs from {seed}")
+        self.open(session_id, seed)
+        if not recs:
+            return self.session(session_id)
+        with self._lock, torch.inference_mode():
+            state = self._sessions.get(session_id)
+            if state is None:  # closed meanwhile
+                raise UnknownSession(session_id)
+            try:
+                self._replay(state, recs)
+            except Exception:
+                self._close_locked(session_id)
+                raise
+            return state
+
+    def _replay(self, state: SessionState, recs: list[TurnRecord]) -> None:
+        cfg = self.model.cfg
+        device = self.cache.k.device
+        slots = torch.tensor([state.slot], device=device)
+        pieces: list[Positions] = []
+        next_pos = 0
+        for r in recs:
+            turn_pieces = record_positions(cfg, r)
+            pieces += turn_pieces
+            next_pos = r.start_pos + sum(p.shape[1] for p in turn_pieces)
+        for group in chunked(pieces, cfg.max_chunk):
+            self.model(concat(group).to(device), self.cache, slots)
+        last = recs[-1]
+        state.turn = last.turn + 1
+        state.next_pos = next_pos
+        state.last_token = last.out_tokens[-1]
+        state.turn_bins = list(_bins(cfg, last.out_bins))
+        state.last_bins = state.turn_bins[-1]
+        state.speaking = last.speaking
+        state.pending_text.extend(last.pending_text)
+        state.pending_bg.extend(last.pending_bg)
+        if last.audio_tail:
+            state.dmel.tail = torch.from_numpy(np.frombuffer(last.audio_tail, dtype="<f4").copy())
 
     @torch.no_grad()
     def warmup(self) -> None:
@@ -211,3 +286,93 @@ class Engine:
             self.step([MicroTurnInput.from_arrays(np.zeros(self.model.cfg.turn_samples, np.float32), session_id=sid)])
         finally:
             self.close(sid)
+
+
+def turn_record(
+    cfg: ModelConfig,
+    state: SessionState,
+    inp: MicroTurnInput,
+    chunk: Positions,
+    out: MicroTurnOutput,
+    prev: tuple[int, torch.Tensor],
+) -> TurnRecord:
+    """What the turn just stepped put into `state`'s sequence (call after run_batch)."""
+    P = cfg.positions_per_turn
+    stream, text = chunk.stream[0], chunk.text[0]
+    return TurnRecord(
+        session_id=state.session_id,
+        seed=state.seed,
+        turn=state.turn - 1,
+        input_turn=inp.turn,
+        start_pos=int(chunk.pos[0, 0]),
+        in_bins=_bin_bytes(chunk.audio[0, :P]),
+        video=inp.video,
+        text_ids=text[stream == USER_TEXT].tolist(),
+        bg_ids=text[stream == BACKGROUND].tolist(),
+        prev_token=prev[0],
+        prev_bins=_bin_bytes(prev[1]),
+        out_tokens=list(out.text_tokens),
+        out_bins=_bin_bytes(torch.stack(state.turn_bins)),
+        speaking=state.speaking,
+        audio_tail=state.dmel.tail.numpy().astype("<f4").tobytes(),
+        pending_text=list(state.pending_text),
+        pending_bg=list(state.pending_bg),
+    )
+
+
+def usable_records(records: list[TurnRecord]) -> list[TurnRecord]:
+    """Turn 0 (the sinks) if logged, then the newest run of consecutive turns; oldest first."""
+    by_turn = {r.turn: r for r in records}
+    if not by_turn:
+        return []
+    newest = max(by_turn)
+    first = newest
+    while first - 1 in by_turn:
+        first -= 1
+    run = [by_turn[t] for t in range(first, newest + 1)]
+    return ([by_turn[0]] if first > 0 and 0 in by_turn else []) + run
+
+
+def record_positions(cfg: ModelConfig, r: TurnRecord) -> list[Positions]:
+    """A logged turn as the pieces the model was fed: IN_k, then each OUT_k position."""
+    P = cfg.positions_per_turn
+    in_bins = _bins(cfg, r.in_bins).reshape(cfg.frames_per_turn, cfg.n_mels)
+    patches = None if r.video is None else frame_to_patches(np.frombuffer(r.video, np.uint8).reshape(FRAME_SHAPE), cfg)
+    pieces = [input_positions(cfg, r.turn, r.start_pos, in_bins, patches, r.text_ids, r.bg_ids)]
+    out_bins = _bins(cfg, r.out_bins)
+    if len(r.out_tokens) != P or out_bins.shape[0] != P:
+        raise ValueError(f"record of turn {r.turn}: expected {P} output positions")
+    feed = [(r.prev_token, _bins(cfg, r.prev_bins)[0]), *zip(r.out_tokens[:-1], out_bins[:-1], strict=True)]
+    pos = r.start_pos + pieces[0].shape[1]
+    for j, (tok, bins) in enumerate(feed):
+        pieces.append(output_position(cfg, r.turn, j, pos + j, tok, bins))
+    return pieces
+
+
+def chunked(pieces: list[Positions], max_len: int) -> list[list[Positions]]:
+    """Consecutive pieces grouped into prefill chunks of at most `max_len` positions each."""
+    groups: list[list[Positions]] = []
+    n = 0
+    for p in pieces:
+        if not groups or n + p.shape[1] > max_len:
+            groups.append([])
+            n = 0
+        groups[-1].append(p)
+        n += p.shape[1]
+    return groups
+
+
+def _bin_bytes(bins: torch.Tensor) -> bytes:
+    return bins.to(torch.uint8).contiguous().numpy().tobytes()
+
+
+def _bins(cfg: ModelConfig, data: bytes) -> torch.Tensor:
+    """uint8 bytes -> (n, frames_per_position, n_mels) int64."""
+    per = cfg.frames_per_position * cfg.n_mels
+    if not data or len(data) % per:
+        raise ValueError(f"bins: {len(data)} bytes is not a whole number of positions of {per}")
+    return (
+        torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+        .long()
+        .view(-1, cfg.frames_per_position, cfg.n_mels)
+    )

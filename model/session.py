@@ -91,6 +91,8 @@ class SessionState:
     bg_dropped: int = 0
     gate: GateConfig | None = None  # None = the model config's (model/gate.py)
     speaking: bool = False  # the gate's state after the last output position
+    # the last turn's output positions' bins, each fed to the next position (the failover log keeps them)
+    turn_bins: list[torch.Tensor] = field(default_factory=list)
 
     @classmethod
     def new(
@@ -197,6 +199,7 @@ def run_batch(
     captions = caption_logits.argmax(-1).tolist()
 
     tokens: list[list[int]] = [[] for _ in states]
+    turn_bins: list[list[torch.Tensor]] = [[] for _ in states]
     mels = []  # P x (B, F, M) log-mel
     out_hidden, out_logits, out_chunks = [], [], []
     for j in range(P):
@@ -215,6 +218,7 @@ def run_batch(
             last_token[b] = int(tok[b])
             last_bins[b] = bins[b]
             tokens[b].append(last_token[b])
+            turn_bins[b].append(bins[b])
         mels.append(mel.cpu())
         out_hidden.append(h)
         out_logits.append(logits)
@@ -227,6 +231,7 @@ def run_batch(
     for b, s in enumerate(states):
         s.next_pos, s.last_token, s.last_bins = next_pos[b], last_token[b], last_bins[b]
         s.speaking = bool(speaking[b])
+        s.turn_bins = turn_bins[b]
         audio = audio_out[b]
         if s.trace is not None:
             n_in = chunks[b].shape[1]
