@@ -204,7 +204,10 @@ class RedisWorkers:
     # lifecycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
         self._sub = self.bus.subscribe(self._reply_topic)
-        await self._sub.ready()
+        # Redis away at startup: serve anyway (health, 503s) and catch up when it is back
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.bus.settings.socket_timeout_s):
+                await self._sub.ready()
         await self._watch_once()
         self._tasks = [
             asyncio.create_task(self._read_replies(self._sub), name=f"workers:{self.edge_id}:replies"),
@@ -317,8 +320,9 @@ class RedisWorkers:
         noticed = time.monotonic()
         old = p.worker_id
         log.warning("workers.moving", session_id=session_id, from_worker=old, reason=reason)
-        # the old slot: a draining worker already gave it back, a dead one has no one to tell
-        await self._release_slot(old, session_id)
+        # a draining worker already closed it and a dead one hears nothing, but a worker that was
+        # only cut off (a pause past its heartbeat TTL) must not keep stepping it next to the new one
+        await self._release(old, session_id, wait=False)
         try:
             new = await self._place(session_id, p.seed, restore=True, exclude=(old,))
         except WorkersFull as e:

@@ -183,6 +183,12 @@ async def test_a_handed_back_session_moves_and_a_lost_one_is_reported(redis_serv
         await asyncio.wait_for(listener.event.wait(), 5)
         (move,) = listener.moves
         assert move.from_worker == first and move.to_worker != first and move.reason == "worker_draining"
+        # the old worker is told to let go (idempotent there), so a worker that was only cut off
+        # never steps the session next to its new one
+        old = w0 if first == "w0" else w1
+        async with asyncio.timeout(5):
+            while old.closed != ["s"]:
+                await asyncio.sleep(0.02)
         # now nowhere to go: the only other worker refuses
         listener.event.clear()
         for w in (w0, w1):
