@@ -69,3 +69,8 @@ def replies(edge_id: str) -> str:
 def session_log(session_id: str) -> str:
     """Capped stream of one session's recent inputs and outputs, for failover."""
     return f"{PREFIX}:log:{session_id}"
+
+
+def session_log_head(session_id: str) -> str:
+    """One session's turn-0 record (it holds the attention sinks), kept past the log's trim."""
+    return f"{session_log(session_id)}:head"

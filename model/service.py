@@ -11,6 +11,12 @@ needs once it lives in a process of its own (DESIGN.md §9):
 - drain (SIGTERM): the heartbeat says draining (no new placements), opens are refused, running
   sessions go on until the deadline; then each one still open gets a last output with error
   WORKER_DRAINING (its edge places it again elsewhere) and is closed.
+- failover: every turn's TurnRecord (what it put into the session's sequence) is appended to
+  keys.session_log(session), trimmed to the turns the window holds, with turn 0 (the attention
+  sinks) kept apart in keys.session_log_head; written by one task of its own, off the step
+  path, so the log costs the caller no latency. SessionOpen(restore=True) reads that log and rebuilds
+  the session (model/engine.py `Engine.restore`); no log, or one that cannot be used, opens
+  the session fresh (the call goes on without its context rather than not at all).
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import msgspec
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from infra import keys, metrics
 from infra.bus import Bus, BusClosed, BusUnavailable, Subscription
@@ -31,19 +39,25 @@ from infra.messages import (
     WORKER_DRAINING,
     ControlReply,
     ControlRequest,
+    MicroTurnInput,
     MicroTurnOutput,
     SessionClose,
     SessionOpen,
+    TurnRecord,
 )
-from infra.redis_bus import cancel_and_wait
+from infra.redis_bus import DATA, cancel_and_wait
 from infra.registry import WorkerRegistry
-from model.engine import CapacityError, Engine
-from model.worker import Worker, WorkerSettings
+from model.engine import CapacityError, Engine, StepResult
+from model.worker import Worker, WorkerSettings, _SessionQueue
 
 log = get_logger(__name__)
 
 CAPACITY = Gauge("microturn_worker_capacity", "Session slots of this worker")
 DRAINING = Gauge("microturn_worker_draining", "1 while this worker drains (takes no new sessions)")
+LOG_DROPPED = Counter("microturn_turn_log_dropped_total", "Turn records not logged (writer behind or Redis away)")
+RESTORED = Counter("microturn_sessions_restored_total", "Sessions opened from their turn log", ["outcome"])
+
+LOG_QUEUE = 64  # steps' worth of records waiting for the writer
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,8 @@ class ServiceSettings:
     # (the edge that reserved it died before sending the open)
     reserve_grace_s: float = 10.0
     stall_s: float = 10.0  # /healthz answers 503 past this engine stall
+    log_turns: bool = True  # keep the failover log (keys.session_log)
+    log_ttl_s: float = 300.0  # a session's log outlives its last write by this much
 
 
 class WorkerService:
@@ -66,7 +82,14 @@ class WorkerService:
         self.registry = registry
         self.settings = settings
         self.worker_id = settings.worker_id
-        self.worker = Worker(engine, bus, WorkerSettings(worker_id=settings.worker_id, turn_ms=turn_ms))
+        self.worker = _LoggingWorker(
+            engine, bus, WorkerSettings(worker_id=settings.worker_id, turn_ms=turn_ms), self._queue_records
+        )
+        engine.log_turns = settings.log_turns
+        cfg = engine.model.cfg
+        # every turn holds at least 2 * positions_per_turn positions: this many cover the window
+        self.log_turns = cfg.window // (2 * cfg.positions_per_turn) + 1
+        self._log_q: asyncio.Queue[list[TurnRecord]] = asyncio.Queue(maxsize=LOG_QUEUE)
         self.draining = False
         self.moved = 0  # sessions handed back at the drain deadline
         self._open: set[str] = set()  # opened through us and not yet closed (the engine may have failed some)
@@ -87,6 +110,8 @@ class WorkerService:
             asyncio.create_task(self._serve_control(self._ctl), name="worker-control"),
             asyncio.create_task(self._heartbeat_loop(), name="worker-heartbeat"),
         ]
+        if self.settings.log_turns:
+            self._tasks.append(asyncio.create_task(self._write_log(), name="worker-turn-log"))
         log.info("worker.registered", worker_id=self.worker_id, capacity=self.engine.max_sessions)
 
     async def drain(self, deadline_s: float | None = None) -> None:
@@ -144,6 +169,8 @@ class WorkerService:
         sid = req.session_id
         if isinstance(req, SessionClose):
             await self._close(sid)
+            with contextlib.suppress(Exception):  # the call ended: its log has no use left (and it expires)
+                await self.registry.redis.delete(keys.session_log(sid), keys.session_log_head(sid))
             return self._reply(req, ok=True)
         if sid in self.sessions():  # a retried open: already done
             return self._reply(req, ok=True)
@@ -151,7 +178,7 @@ class WorkerService:
             await self.registry.release(self.worker_id, sid)
             return self._reply(req, ok=False, code="draining", error=f"worker {self.worker_id} is draining")
         try:
-            await self.worker.open(sid, req.seed)
+            restored = await self._open_session(req)
         except CapacityError as e:
             await self.registry.release(self.worker_id, sid)
             return self._reply(req, ok=False, code="full", error=str(e))
@@ -159,8 +186,77 @@ class WorkerService:
         self._unknown_since.pop(sid, None)
         # the edge reserved it already; an open that did not go through reserve counts too
         await self.registry.heartbeat(self.worker_id, draining=self.draining, sessions=(sid,))
-        log.info("worker.session_opened", session_id=sid, restore=req.restore)
+        log.info("worker.session_opened", session_id=sid, restore=req.restore, restored_turns=restored)
         return self._reply(req, ok=True)
+
+    async def _open_session(self, req: SessionOpen) -> int:
+        """Open (or restore) req's session; the number of logged turns it was rebuilt from."""
+        if not req.restore:
+            await self.worker.open(req.session_id, req.seed)
+            return 0
+        try:
+            records = await self._read_log(req.session_id)
+        except Exception as e:  # Redis trouble or a log we cannot decode: go on without it
+            log.warning("worker.turn_log_unreadable", session_id=req.session_id, error=str(e))
+            records = []
+        if records:
+            try:
+                t0 = time.perf_counter()
+                await self.worker.restore(req.session_id, req.seed, records)
+                RESTORED.labels("ok").inc()
+                log.info(
+                    "worker.session_restored", session_id=req.session_id, turns=len(records),
+                    restore_ms=round((time.perf_counter() - t0) * 1000, 1),
+                )  # fmt: skip
+                return len(records)
+            except CapacityError:
+                raise
+            except Exception as e:
+                RESTORED.labels("failed").inc()
+                log.warning("worker.restore_failed", session_id=req.session_id, error=f"{type(e).__name__}: {e}")
+        else:
+            RESTORED.labels("empty").inc()
+        await self.worker.open(req.session_id, req.seed)
+        return 0
+
+    async def _read_log(self, sid: str) -> list[TurnRecord]:
+        """The head record and the newest `log_turns` records, oldest first."""
+        r = self.registry.redis
+        # the bus's client returns bytes (decode_responses is off)
+        head = cast("bytes | None", await r.get(keys.session_log_head(sid)))
+        entries = cast(
+            "list[tuple[bytes, dict[bytes, bytes]]]", await r.xrevrange(keys.session_log(sid), count=self.log_turns)
+        )
+        raw: list[bytes] = [head] if head is not None else []
+        raw += [fields[DATA] for _, fields in reversed(entries)]
+        return [_RECORD.decode(b) for b in raw]
+
+    def _queue_records(self, records: list[TurnRecord]) -> None:
+        """Called after each step (event loop): hand the records to the writer, never block."""
+        if self._log_q.full():  # writer behind: the oldest step goes (a restore uses the newest run)
+            LOG_DROPPED.inc(len(self._log_q.get_nowait()))
+        self._log_q.put_nowait(records)
+
+    async def _write_log(self) -> None:
+        r = self.registry.redis
+        ttl = max(1, int(self.settings.log_ttl_s))
+        while True:
+            records = await self._log_q.get()
+            try:
+                async with r.pipeline(transaction=False) as pipe:
+                    for rec in records:
+                        data = msgspec.msgpack.encode(rec)
+                        key = keys.session_log(rec.session_id)
+                        pipe.xadd(key, {DATA: data}, maxlen=self.log_turns, approximate=True)
+                        pipe.expire(key, ttl)
+                        if rec.turn == 0:
+                            pipe.set(keys.session_log_head(rec.session_id), data, ex=ttl)
+                        else:
+                            pipe.expire(keys.session_log_head(rec.session_id), ttl)
+                    await pipe.execute()
+            except Exception as e:  # Redis away: the call goes on; a failover then has less to go on
+                LOG_DROPPED.inc(len(records))
+                log.warning("worker.turn_log_failed", records=len(records), error=str(e))
 
     def _reply(self, req: SessionOpen | SessionClose, *, ok: bool, code: str = "", error: str = "") -> ControlReply:
         return ControlReply(request_id=req.request_id, ok=ok, worker_id=self.worker_id, code=code, error=error)
@@ -242,3 +338,28 @@ class WorkerService:
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/metrics", prometheus)
         return app
+
+
+_RECORD = msgspec.msgpack.Decoder(TurnRecord)
+
+
+class _LoggingWorker(Worker):
+    """A Worker that hands each step's TurnRecords to `sink` and can open a session from them."""
+
+    def __init__(
+        self, engine: Engine, bus: Bus, settings: WorkerSettings, sink: Callable[[list[TurnRecord]], None]
+    ) -> None:
+        super().__init__(engine, bus, settings)
+        self._sink = sink
+
+    async def _step(self, batch: list[MicroTurnInput]) -> StepResult:
+        result = await super()._step(batch)
+        if result.records:
+            self._sink(result.records)
+        return result
+
+    async def restore(self, session_id: str, seed: int, records: list[TurnRecord]) -> None:
+        """Like `open`, rebuilt from `records`; inputs are expected from the turn after the last logged one."""
+        await self._in_engine_thread(self.engine.restore, session_id, seed, records)
+        self._sessions[session_id] = _SessionQueue(next_turn=max(r.input_turn for r in records) + 1)
+        metrics.ACTIVE_SESSIONS.set(self.engine.stats().active)

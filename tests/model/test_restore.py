@@ -12,6 +12,7 @@ teacher-forced pass within 1e-5). The tokens and mel bins that come out are iden
 
 from __future__ import annotations
 
+import asyncio
 import copy
 
 import msgspec
@@ -19,11 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from infra.messages import TURN_SAMPLES, MicroTurnInput, MicroTurnOutput, TurnRecord
+from infra.messages import TURN_SAMPLES, ControlReply, MicroTurnInput, MicroTurnOutput, TurnRecord
 from model.engine import Engine, chunked, record_positions, usable_records
 from model.interaction import InteractionModel
 from model.tokenizer import Tokenizer
 from tests.model.conftest import micro_config
+from tests.redis_server import RedisServer
 
 SEED = 11
 
@@ -179,3 +181,82 @@ def test_replay_chunks_fit_the_ring_slack(tokenizer: Tokenizer) -> None:
     assert all(sum(p.shape[1] for p in g) <= cfg.max_chunk for g in groups)
     assert [p for g in groups for p in g] == pieces
     assert len(groups) < len(pieces), "positions are batched into prefill chunks, not replayed one by one"
+
+
+async def test_a_worker_restores_a_session_from_another_workers_log(redis_server: RedisServer) -> None:
+    """Worker A logs every turn to Redis; worker B, asked to open the session with restore=True,
+    rebuilds it from that log and answers the next input as A does."""
+    from infra import keys
+    from infra.messages import SessionClose, SessionOpen
+    from infra.redis_bus import RedisBus, RedisSettings
+    from infra.registry import WorkerRegistry
+    from model.service import ServiceSettings, WorkerService
+
+    model = make_model(window=512)
+    tok = Tokenizer.default(model.cfg.vocab_size)
+    rs = RedisSettings.from_dsn(redis_server.url, block_ms=200)
+    services: list[WorkerService] = []
+    clients = []
+    for wid, m in (("wa", model), ("wb", copy.deepcopy(model))):
+        bus, r = RedisBus(rs), rs.client()
+        clients.append((bus, r))
+        # a long turn: a slow shared CPU never makes the worker gap-step while the test feeds it
+        services.append(
+            WorkerService(
+                Engine(m, tok, 2, deterministic=True), bus, WorkerRegistry(r, ttl_s=2), ServiceSettings(worker_id=wid),
+                turn_ms=2000,
+            )
+        )  # fmt: skip
+    edge_bus, edge_r = RedisBus(rs), rs.client()
+    replies = edge_bus.subscribe(keys.replies("e"))
+    outs = edge_bus.subscribe(keys.outputs("s"))
+
+    async def control(worker: str, msg: SessionOpen | SessionClose) -> None:
+        await edge_bus.publish_struct(keys.worker_ctl(worker), msg)
+        async with asyncio.timeout(60):
+            reply = msgspec.msgpack.decode(await replies.get(), type=ControlReply)
+        assert reply.ok, reply
+
+    async def turn(worker: str, inp: MicroTurnInput) -> MicroTurnOutput:
+        await edge_bus.publish_struct(keys.inputs(worker), inp)
+        async with asyncio.timeout(60):
+            return msgspec.msgpack.decode(await outs.get(), type=MicroTurnOutput)
+
+    try:
+        for svc in services:
+            await svc.start()
+        await replies.ready()
+        await outs.ready()
+        await control("wa", SessionOpen(request_id="1", session_id="s", seed=SEED, reply_to=keys.replies("e")))
+        for inp in inputs(6):
+            assert (await turn("wa", inp)).turn == inp.turn
+        async with asyncio.timeout(30):
+            while await edge_r.xlen(keys.session_log("s")) < 6:
+                await asyncio.sleep(0.05)
+        assert await edge_r.exists(keys.session_log_head("s"))
+
+        await control(
+            "wb", SessionOpen(request_id="2", session_id="s", seed=SEED, reply_to=keys.replies("e"), restore=True)
+        )
+        sa, sb = services[0].engine.session("s"), services[1].engine.session("s")
+        assert (sb.turn, sb.next_pos, sb.last_token) == (sa.turn, sa.next_pos, sa.last_token)
+        nxt = inputs(1, start=6)[0]
+        oa, ob = await turn("wa", nxt), await turn("wb", nxt)
+        assert ob.turn == oa.turn == 6
+        assert ob.text_tokens == oa.text_tokens and ob.caption_tokens == oa.caption_tokens
+
+        await control("wb", SessionClose(request_id="3", session_id="s", reply_to=keys.replies("e")))
+        assert not await edge_r.exists(keys.session_log("s"), keys.session_log_head("s")), (
+            "a call that ended keeps no log"
+        )
+        # nothing logged: a restore is a fresh open
+        await control(
+            "wb", SessionOpen(request_id="4", session_id="t", seed=1, reply_to=keys.replies("e"), restore=True)
+        )
+        assert services[1].engine.session("t").turn == 0
+    finally:
+        for svc in services:
+            await svc.stop()
+        for bus, r in [*clients, (edge_bus, edge_r)]:
+            await bus.close()
+            await r.aclose()
