@@ -205,10 +205,10 @@ class WorkerService:
                 await self.worker.restore(req.session_id, req.seed, records)
                 RESTORED.labels("ok").inc()
                 log.info(
-                    "worker.session_restored", session_id=req.session_id, turns=len(records),
+                    "worker.session_restored", session_id=req.session_id, turns=len({r.turn for r in records}),
                     restore_ms=round((time.perf_counter() - t0) * 1000, 1),
                 )  # fmt: skip
-                return len(records)
+                return len({r.turn for r in records})  # the head record may also be in the stream
             except CapacityError:
                 raise
             except Exception as e:
