@@ -70,7 +70,9 @@ class ServiceSettings:
     reserve_grace_s: float = 10.0
     stall_s: float = 10.0  # /healthz answers 503 past this engine stall
     log_turns: bool = True  # keep the failover log (keys.session_log)
-    log_ttl_s: float = 300.0  # a session's log outlives its last write by this much
+    # a session's log outlives its last write by this much: enough for a heartbeat to expire and the
+    # edge to place the session again, short because the log holds the caller's audio (as dMel bins)
+    log_ttl_s: float = 60.0
 
 
 class WorkerService:
@@ -168,9 +170,9 @@ class WorkerService:
     async def _handle(self, req: SessionOpen | SessionClose) -> ControlReply:
         sid = req.session_id
         if isinstance(req, SessionClose):
+            # the log stays until it expires: the edge also closes on the old worker when it moves a
+            # session, and deleting here would race the new worker's restore
             await self._close(sid)
-            with contextlib.suppress(Exception):  # the call ended: its log has no use left (and it expires)
-                await self.registry.redis.delete(keys.session_log(sid), keys.session_log_head(sid))
             return self._reply(req, ok=True)
         if sid in self.sessions():  # a retried open: already done
             return self._reply(req, ok=True)

@@ -246,9 +246,10 @@ async def test_a_worker_restores_a_session_from_another_workers_log(redis_server
         assert ob.text_tokens == oa.text_tokens and ob.caption_tokens == oa.caption_tokens
 
         await control("wb", SessionClose(request_id="3", session_id="s", reply_to=keys.replies("e")))
-        assert not await edge_r.exists(keys.session_log("s"), keys.session_log_head("s")), (
-            "a call that ended keeps no log"
-        )
+        # closing keeps the log (the edge closes on the old worker when it moves a session, and the
+        # new one may still be reading it); it expires soon after its last write
+        assert 0 < await edge_r.ttl(keys.session_log("s")) <= 60
+        assert 0 < await edge_r.ttl(keys.session_log_head("s")) <= 60
         # nothing logged: a restore is a fresh open
         await control(
             "wb", SessionOpen(request_id="4", session_id="t", seed=1, reply_to=keys.replies("e"), restore=True)
