@@ -483,9 +483,13 @@ class Call:
             self.deps.workers.move(self.id, "worker_draining")
 
     def session_moved(self, move: Move) -> None:
+        """The caller's silence so far: since the old worker's last output (a lost worker is
+        noticed only when its heartbeat expires), at least the re-placement itself."""
         self.moves += 1
-        self._log.info("call.session_moved", to_worker=move.to_worker, gap_ms=move.gap_ms, reason=move.reason)
-        self.send(SessionMoved(reason=move.reason, gap_ms=move.gap_ms))
+        last = self.transport.last_output_at
+        gap_ms = move.gap_ms if last is None else max(move.gap_ms, round((time.monotonic() - last) * 1000.0, 1))
+        self._log.info("call.session_moved", to_worker=move.to_worker, gap_ms=gap_ms, reason=move.reason)
+        self.send(SessionMoved(reason=move.reason, gap_ms=gap_ms))
 
     def session_lost(self, reason: str, message: str) -> None:
         self.end_with(CloseCall(reason, message))

@@ -94,6 +94,7 @@ class MediaTransport:
         # what background tasks carry as context (signaling/background.py reads it)
         self.window = ConversationWindow()
         self.last_activity = time.monotonic()
+        self.last_output_at: float | None = None  # monotonic time of the last model output (a move's gap)
         # counters
         self.turns_in = 0
         self.turns_out = 0
@@ -206,7 +207,7 @@ class MediaTransport:
                 metrics.TEXT_TOKENS_DROPPED.inc(out.text_dropped)
                 self._text_dropped(f"{out.text_dropped} tokens were dropped")
             self.output.push(out.audio_array())
-            now = time.monotonic()
+            now = self.last_output_at = time.monotonic()
             self.turns_out += 1
             t_in = self._pop_stamp(out.turn)
             if out.caption:
