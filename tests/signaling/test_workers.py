@@ -212,3 +212,24 @@ def test_the_edge_never_imports_model_or_torch() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "clean", r.stderr[-2000:]
+
+
+async def test_two_edges_placing_50_sessions_at_once_never_overbook(redis_server: RedisServer) -> None:
+    async with cluster(redis_server, "ok", "ok") as (pool_a, (w0, w1)):
+        bus = RedisBus(RedisSettings.from_dsn(redis_server.url, block_ms=200))
+        client = RedisSettings.from_dsn(redis_server.url).client()
+        pool_b = RedisWorkers(bus, WorkerRegistry(client), "edge2", RedisWorkersSettings(reply_timeout_s=2.0))
+        await pool_b.start()
+        try:
+            results = await asyncio.gather(
+                *(pool.open(f"s{i}", seed=i) for i in range(50) for pool in [(pool_a, pool_b)[i % 2]]),
+                return_exceptions=True,
+            )
+            placed = [r for r in results if isinstance(r, str)]
+            assert sorted(placed) == ["w0"] * 3 + ["w1"] * 3
+            assert all(isinstance(r, WorkersFull) for r in results if not isinstance(r, str))
+            assert len(w0.opened) == 3 and len(w1.opened) == 3  # no worker was ever asked for a 4th
+        finally:
+            await pool_b.aclose()
+            await bus.close()
+            await client.aclose()
