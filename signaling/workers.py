@@ -220,6 +220,8 @@ class RedisWorkers:
             with contextlib.suppress(Exception):
                 await self.close(sid)
         self._closed = True
+        if self._aside:  # give-backs in flight are one publish each: let them land
+            await asyncio.wait(list(self._aside), timeout=1.0)
         for t in list(self._aside):
             await cancel_and_wait(t)
         for t in self._tasks:
