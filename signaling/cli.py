@@ -118,6 +118,9 @@ def run_edge(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         print("error: microturn edge needs --redis URL (or MICROTURN_REDIS_URL)", file=sys.stderr)
         return 2
+    if args.drain_s < 0 or args.reply_timeout_s <= 0:
+        print("error: --drain-s must be >= 0 and --reply-timeout-s > 0", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_json)
     _quiet_ice(settings.log_level)
     app = create_edge_app(
