@@ -491,6 +491,11 @@ const HANDLERS = {
     ui.latStep.textContent = fmtMs(stepMs.median);
     ui.latHint.textContent = `median of the last ${serverMs.values.length} turns (turn ${m.turn})`;
   },
+  "session.moved"(m) {
+    // a model worker drained or died: the session was rebuilt on another one
+    const gap = Number(m.gap_ms) > 0 ? ` after ${fmtMs(Number(m.gap_ms))} ms of silence` : "";
+    showNotice(`The model moved to another server${gap}; the conversation goes on.`);
+  },
   error(m) {
     showError(m.message || m.code || "The server reported an error.");
   },
