@@ -138,10 +138,19 @@ def run_edge(args: argparse.Namespace) -> int:
     return asyncio.run(serve_edge(app, settings.host, settings.port, args.drain_s))
 
 
-def build_edge_parser() -> argparse.ArgumentParser:
+# Subcommands whose processes must not load torch (an edge, an agent): parsed on their own so
+# that building the full parser (which imports the model package's subcommands) never happens.
+_LIGHT = {"edge": add_edge_parser, "agent": add_agent_parser}
+
+
+def build_light_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microturn", description=__doc__)
-    add_edge_parser(parser.add_subparsers(dest="command", required=True))
+    _LIGHT[command](parser.add_subparsers(dest="command", required=True))
     return parser
+
+
+def build_edge_parser() -> argparse.ArgumentParser:
+    return build_light_parser("edge")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = (build_edge_parser() if argv[:1] == ["edge"] else build_parser()).parse_args(argv)
+    args = (build_light_parser(argv[0]) if argv[:1] and argv[0] in _LIGHT else build_parser()).parse_args(argv)
     return int(args.func(args))
 
 

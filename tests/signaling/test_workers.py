@@ -198,7 +198,7 @@ async def test_a_handed_back_session_moves_and_a_lost_one_is_reported(redis_serv
         assert listener.lost == ["worker_lost"] and pool.worker_of("s") is None
 
 
-def test_the_edge_never_imports_model_or_torch() -> None:
+def test_the_edge_and_agent_never_import_model_or_torch() -> None:
     code = (
         "import sys\n"
         "from infra.settings import Settings\n"
@@ -206,6 +206,11 @@ def test_the_edge_never_imports_model_or_torch() -> None:
         "import signaling.cli\n"
         "app = create_edge_app(Settings(), redis_url='redis://127.0.0.1:1/0')\n"
         "signaling.cli.build_edge_parser().parse_args(['edge', '--redis', 'redis://x'])\n"
+        # an agent process is as light: its subcommand, worker, backends and Redis queue
+        "import contextlib, io\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    signaling.cli.main(['agent', '--help'])\n"
+        "import agents.worker, agents.backends.tools, agents.backends.openai, infra.taskqueue\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m == 'model' or m.startswith(('torch.', 'model.')))\n"
         "assert not bad, bad\n"
         "print('clean')\n"
