@@ -43,6 +43,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_model.py
 	$(BIN)/python tests/bench/bench_engine.py
+	$(BIN)/python tests/bench/bench_scale.py
 
 checkpoint: $(STAMP)
 	$(BIN)/python -m model.data.generate --out data/synth --n $(TRAIN_CLIPS) --split train --seed 0 --workers 2
