@@ -12,15 +12,15 @@ slack, so a chunk's keys are written first and attention then reads the cache al
 place (no concatenation, and no copy at all when the batch's slots are contiguous). Memory
 per session is bounded, so a call never ends at a context limit.
 
-Batch-invariant mode (deterministic serving) runs one attention call per session instead of
-one for the batch. An attention kernel blocks query rows by the query length it is given
+Batch-invariant mode (deterministic serving) attends session by session instead of over the
+whole batch at once. An attention kernel blocks query rows by the query length it is given
 (PyTorch's CPU flash kernel picks 32, 64 or 256 rows from it), and in a ragged prefill that
 length is the longest chunk of the batch, so a session's rows could round differently alone
-and batched. Each per-session call gets only that session's real query rows and its own
-filled cache entries, copied into fresh buffers: its shapes, strides, alignment and values
-are the same whatever else is in the batch and however it is padded. The only assumption is
-that a library call given exactly the same inputs returns the same bits, the one the
-vocoder's per-item GEMMs make (model/linear.py); no kernel's blocking or threading matters.
+and batched. A session's calls get only its real query rows and its own filled cache
+entries, copied into fresh buffers: their shapes, strides, alignment and values are the same
+whatever else is in the batch and however it is padded. The only assumption is that a
+library call given exactly the same inputs returns the same bits, the one the vocoder's
+per-item GEMMs make (model/linear.py); no kernel's blocking or threading matters.
 """
 
 from __future__ import annotations
@@ -151,10 +151,9 @@ def attend_per_session(
     n_sinks: int,
     window: int,
 ) -> torch.Tensor:
-    """`attend`, one call per batch row on its real queries and keys alone; padding rows are 0.
-
-    Fancy indexing copies each session's rows into fresh (allocator-aligned) buffers, so the
-    call a session makes depends on nothing but that session (see the module docstring).
+    """`attend` computed session by session, on each one's real queries and keys alone; padding
+    rows are 0. Fancy indexing copies a session's rows into fresh (allocator-aligned) buffers,
+    so the calls a session makes depend on nothing but that session (see the module docstring).
     """
     y = torch.zeros_like(q)  # (B, H, T, hd)
     for b in range(q.shape[0]):
@@ -162,22 +161,27 @@ def attend_per_session(
         if qi.numel() == 0:
             continue
         ki = (kpos[b] >= 0).nonzero().squeeze(1)
-        yb = attend(
-            q[b][:, qi][None],
-            k[b][:, ki][None],
-            v[b][:, ki][None],
-            qpos[b, qi][None],
-            kpos[b, ki][None],
-            torch.ones(1, qi.numel(), dtype=torch.bool, device=q.device),
-            n_sinks,
-            window,
-        )
-        y[b][:, qi] = yb[0]
+        mask = attention_mask(qpos[b, qi][None], kpos[b, ki][None], n_sinks, window)[0]  # (1, n, m)
+        y[b][:, qi] = _attend_one(q[b][:, qi], k[b][:, ki], v[b][:, ki], mask)
     return y
 
 
+def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v of one session: q (H, n, hd), k, v (Hkv, m, hd), mask (1, n, m).
+
+    Plain GEMMs and a softmax rather than SDPA: the same arithmetic, and small ones that run
+    on the calling thread, where SDPA would start a parallel region per session and layer.
+    """
+    H, n, hd = q.shape
+    rep = H // k.shape[0]
+    qg = q.reshape(k.shape[0], rep * n, hd)  # (Hkv, rep*n, hd): each kv head's query heads
+    scores = torch.matmul(qg, k.transpose(1, 2)) * hd**-0.5  # (Hkv, rep*n, m)
+    scores = scores.masked_fill(~mask.repeat(1, rep, 1), float("-inf"))
+    return torch.matmul(scores.softmax(dim=-1), v).view(H, n, hd)
+
+
 class Attention(nn.Module):
-    batch_invariant: bool = False  # one attention call per session; set by set_batch_invariant
+    batch_invariant: bool = False  # attend session by session; set by set_batch_invariant
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()

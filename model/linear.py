@@ -5,6 +5,21 @@ same token can round differently alone and in a batch of 32. In batch-invariant 
 row gets the same arithmetic whatever else shares the call — the Triton fixed-tile matmul on
 CUDA, and on CPU one 1-row GEMM per row (a batched GEMM over a stride-0 expanded weight, no
 copy). The parameters are those of nn.Linear, so checkpoints do not care about the mode.
+
+What the CPU path guarantees, and what it does not: `rowwise_matmul` hands the library R
+identical-shape 1-row problems in ONE batched call. That is not the argument of a per-row
+loop. A loop makes R separate calls, each of which sees only its row (`per_item_matmul` also
+copies every item to an equally aligned slot), so the only assumption is that the same call
+on the same inputs gives the same bits. A batched call is free to group, vectorize or thread
+items together and to treat an item by where it sits, and nothing in PyTorch's or the BLAS's
+contract says it will not. It does: with MKL on an AMD EPYC (PyTorch 2.13), items of a
+batched 1-row GEMM whose output width N is not a multiple of 4 (N = 5, 7, 37...) round by
+their index in the batch. Every (K, N) the presets use is a multiple of 4 and measured
+row-invariant there, so deterministic serving holds on that machine, but that is an observed
+property of one BLAS, not a guarantee; tests/model/_blas.py checks it for a model's shapes
+before a bitwise test relies on it. A guaranteed CPU path would be one call per row (about
+5 us each: a prefill of 400 rows through ~60 projections is ~0.1 s) or a fixed tree of
+elementwise products (K times the memory traffic); neither is paid yet.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 Routing ties break toward the lower expert index (stable sort), so the same input picks the
 same experts on every run and in every batch. Slot outputs are combined in slot order, the
-same fixed order the Triton decode kernel uses.
+same fixed order the Triton decode kernel uses. In batch-invariant mode the router softmax
+and renormalization are built from exact elementwise operations (model/exact.py), so a
+token's routing depends on its own logits alone, not on the softmax kernel's handling of
+the other rows.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.config import ModelConfig
+from model.exact import softmax as exact_softmax
 from model.kernels import moe_decode
 from model.linear import Linear, rowwise_matmul
+from model.norm import row_sum
 
 
 @dataclass
@@ -25,13 +30,14 @@ class Routing:
     probs: torch.Tensor  # (N, E) full softmax, for the balance loss
 
 
-def route(logits: torch.Tensor, top_k: int) -> Routing:
-    """Softmax over experts, then top-k with a deterministic tie-break, then renormalize."""
-    probs = logits.float().softmax(dim=-1)  # (N, E)
+def route(logits: torch.Tensor, top_k: int, exact: bool = False) -> Routing:
+    """Softmax over experts, then top-k with a deterministic tie-break, then renormalize.
+    `exact`: each row by exact elementwise operations alone (batch-invariant mode)."""
+    probs = exact_softmax(logits) if exact else logits.float().softmax(dim=-1)  # (N, E)
     # stable descending sort keeps equal probabilities in index order: ties go to the lower index
     top_p, top_i = torch.sort(probs, dim=-1, descending=True, stable=True)
     top_p, top_i = top_p[:, :top_k], top_i[:, :top_k]
-    weight = top_p / top_p.sum(dim=-1, keepdim=True)
+    weight = top_p / (row_sum(top_p) if exact else top_p.sum(dim=-1, keepdim=True))
     return Routing(idx=top_i, weight=weight, probs=probs)
 
 
@@ -82,7 +88,7 @@ class MoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, Routing]:
         """x: (N, D) flattened tokens -> (N, D), plus the routing (for the balance loss)."""
-        r = route(self.router(x), self.cfg.top_k)
+        r = route(self.router(x), self.cfg.top_k, exact=self.batch_invariant)
         out = self.experts(x, r.idx, r.weight)
         if self.shared is not None:
             out = out + self.shared(x)

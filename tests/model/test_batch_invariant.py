@@ -7,10 +7,11 @@ deterministic per call but rounds every row by the call's shape and the row's pl
 Batch-invariant modules must still give bitwise the same row alone or batched: they may only
 rely on the same call giving the same bits, which holds on every machine.
 
-Covered: RMSNorm and LayerNorm (`row_sum`), the vocoder's per-item GEMMs and attention (one
-SDPA call per session). Not covered: the CPU Linear/MoE path (one batched GEMM over a stride-0
-weight, model/linear.py), whose invariance rests on the BLAS treating batch items alike; it
-fails under these fixtures, and on some shapes it fails on real CPUs too (see linear.py).
+Covered: RMSNorm and LayerNorm (`row_sum`), the vocoder's per-item GEMMs, attention (one
+session at a time) and MoE routing (model/exact.py softmax). Not covered: the CPU
+Linear/MoE path (one batched GEMM over a stride-0 weight, model/linear.py), whose invariance
+rests on the BLAS treating batch items alike; it fails under these fixtures, and on some
+shapes it fails on real CPUs too (see linear.py and tests/model/_blas.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import torch.nn.functional as F
 
 from model.attention import attend, attend_per_session
 from model.config import ModelConfig
+from model.exact import exp_nonpositive
+from model.exact import softmax as exact_softmax
 from model.linear import Linear, set_batch_invariant
+from model.moe import route
 from model.norm import LayerNorm, RMSNorm
 from model.vocoder import mel_to_magnitude
 
@@ -79,6 +83,16 @@ def row_dependent_reductions(monkeypatch: pytest.MonkeyPatch) -> None:
 def row_dependent_attention(monkeypatch: pytest.MonkeyPatch) -> None:
     """An attention kernel that blocks query rows by the call's shape, as SDPA's CPU kernel does."""
     _patch(monkeypatch, F, "scaled_dot_product_attention", _skew_rows)
+
+
+@pytest.fixture
+def row_dependent_softmax(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A softmax that rounds rows by their place, and an exp that rounds each element by its
+    index (as SIMD body and scalar tail do)."""
+    for owner in (torch, torch.Tensor, F):
+        _patch(monkeypatch, owner, "softmax", _skew_rows)
+    for owner in (torch, torch.Tensor):
+        _patch(monkeypatch, owner, "exp", _skew_elements)
 
 
 def _assert_rows_alone_equal_batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> None:
@@ -172,7 +186,7 @@ def _alone_and_batched(fn: Callable[..., torch.Tensor]) -> list[tuple[torch.Tens
     return pairs
 
 
-@pytest.mark.usefixtures("row_dependent_attention")
+@pytest.mark.usefixtures("row_dependent_attention", "row_dependent_blas", "row_dependent_softmax")
 @torch.no_grad()
 def test_attention_rows_alone_equal_batched() -> None:
     for alone, batched in _alone_and_batched(attend_per_session):
@@ -188,9 +202,39 @@ def test_fixture_really_makes_batched_sdpa_batch_dependent() -> None:
 
 @torch.no_grad()
 def test_per_session_attention_matches_batched_sdpa() -> None:
+    """Same mask semantics, same math as the fast path: sinks, window, empty cache entries."""
     args = _batch(SESSIONS, 9)
     valid = args[-1]
     fast, exact = attend(*args, SINKS, WINDOW), attend_per_session(*args, SINKS, WINDOW)
     mask = valid[:, None, :, None].expand_as(fast)
     torch.testing.assert_close(exact[mask], fast[mask], atol=1e-6, rtol=1e-6)
     assert not exact[~mask].any(), "padding rows are zero"
+
+
+# Routing: a token's experts and weights from its own logits alone.
+def _routing(logits: torch.Tensor, exact: bool) -> torch.Tensor:
+    r = route(logits, 2, exact=exact)
+    return torch.cat([r.probs, r.weight, r.idx.float()], dim=-1)
+
+
+@pytest.mark.usefixtures("row_dependent_softmax", "row_dependent_reductions")
+@torch.no_grad()
+def test_exact_routing_rows_alone_equal_batched() -> None:
+    logits = 3 * torch.randn(9, 8, generator=torch.Generator().manual_seed(0))
+    _assert_rows_alone_equal_batched(lambda x: _routing(x, exact=True), logits)
+    with pytest.raises(AssertionError, match="alone differs"):  # the double is not vacuous
+        _assert_rows_alone_equal_batched(lambda x: _routing(x, exact=False), logits)
+
+
+@torch.no_grad()
+def test_exact_exp_and_softmax_match_torch() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = -90 * torch.rand(4099, generator=g)  # odd length: a SIMD tail of every width
+    e = exp_nonpositive(x)
+    torch.testing.assert_close(e, torch.exp(x), atol=2e-35, rtol=2.5e-7)  # flushed below e**-80
+    assert all(torch.equal(exp_nonpositive(x[i : i + 1]), e[i : i + 1]) for i in range(0, 4099, 7))
+    logits = 4 * torch.randn(300, 8, generator=g)
+    torch.testing.assert_close(exact_softmax(logits), logits.softmax(-1), atol=3e-7, rtol=0)
+    plain, exact = route(logits, 2), route(logits, 2, exact=True)
+    assert torch.equal(exact.idx, plain.idx)
+    torch.testing.assert_close(exact.weight, plain.weight, atol=3e-7, rtol=0)

@@ -11,6 +11,7 @@ from model.engine import CapacityError, Engine, UnknownSession
 from model.interaction import InteractionModel
 from model.session import InteractionSession
 from model.tokenizer import Tokenizer
+from tests.model._blas import batched_gemm_breaks_rows
 from tests.model.conftest import micro_config
 
 N_SESSIONS = 5
@@ -68,7 +69,24 @@ def run_together(engine: Engine, order_seed: int | None) -> dict[str, list[Micro
 
 
 def test_deterministic_outputs_are_bitwise_batch_invariant(tokenizer: Tokenizer) -> None:
-    engine = Engine(make_model(True), tokenizer, max_sessions=N_SESSIONS)
+    """What this rests on, on CPU. By construction, needing only that one library call on the
+    same inputs returns the same bits: norms sum each row with a fixed tree of elementwise
+    adds (model/norm.py); attention runs session by session on each one's own queries and keys
+    (model/attention.py); the vocoder is one GEMM per session (`per_item_matmul`); the router
+    softmax is exact elementwise operations (model/exact.py); sampling noise is keyed per
+    session (model/rng.py). Premises of the libraries, not guarantees of the code:
+    - Linear/MoE's batched 1-row GEMMs round every row alike: checked for this model's shapes
+      first, and the test skips naming the shape where this CPU's BLAS does not.
+    - SiLU is elementwise, but PyTorch computes the last elements of a tensor (numel modulo
+      the SIMD loop step: 16 floats with AVX2, 32 with AVX-512) with scalar code that rounds
+      differently (measured): every SiLU row width here is a multiple of 32, so no session's
+      row ever lands in that tail.
+    - The speak gate's softmax over the vocabulary (model/gate.py) is the library's per-row
+      kernel over a fixed width."""
+    model = make_model(True)
+    if broken := batched_gemm_breaks_rows(model):
+        pytest.skip(f"deterministic CPU serving relies on the BLAS here, and {broken} (model/linear.py)")
+    engine = Engine(model, tokenizer, max_sessions=N_SESSIONS)
     alone = {f"s{i}": run_alone(engine, i) for i in range(N_SESSIONS)}
     together = run_together(engine, None)
     shuffled = run_together(engine, 1234)
@@ -109,10 +127,12 @@ def test_capacity_is_enforced_and_slots_are_reused_cleanly(tokenizer: Tokenizer)
     assert engine.stats().free == 0
     # "a" talks for a while, leaves; "c" gets its slot
     for inp in session_inputs(1, 6):
-        engine.step([MicroTurnInput(**{**_fields(inp), "session_id": "a"})])
+        engine.step([_as(inp, "a")])
     engine.close("a")
     engine.open("c", seed=7)
     assert engine.session("c").slot == 0
+    # a reused slot against a fresh engine: the same calls on the same inputs (one session, slot
+    # 0, both), so bitwise equality needs no batch invariance at all, only a clean reset
     reused = [engine.step([_as(inp, "c")])[0] for inp in session_inputs(3, 6)]
     fresh_engine = Engine(make_model(True), tokenizer, max_sessions=2)
     fresh_engine.open("c", seed=7)

@@ -12,6 +12,7 @@ import torch
 from model.config import ModelConfig, _hmlp_params
 from model.linear import set_batch_invariant
 from model.vision import HMLP, frame_to_patches
+from tests.model._blas import batched_gemm_breaks_rows
 
 CFG = ModelConfig()
 
@@ -76,9 +77,19 @@ def test_bad_patches_raise() -> None:
 
 @torch.no_grad()
 def test_batch_invariance_deterministic_is_bitwise() -> None:
-    """Deterministic mode: a patch's embedding is bitwise the same alone or in any batch."""
+    """Deterministic mode: a patch's embedding is bitwise the same alone or in any batch.
+
+    LayerNorm sums rows with a fixed tree of elementwise adds: by construction. GELU is
+    elementwise, but PyTorch computes the last elements of a tensor (numel modulo the SIMD loop
+    step: 16 floats with AVX2, 32 with AVX-512) with scalar code that rounds differently
+    (measured): each stage's activations are a multiple of 32 values per patch, so no patch
+    ever lands in that tail. The Linear stages are batched 1-row GEMMs, whose row invariance is
+    the BLAS's (model/linear.py): checked for these shapes first, skipped naming the shape
+    where it fails."""
     torch.manual_seed(0)
     model = HMLP(CFG)
+    if broken := batched_gemm_breaks_rows(model):
+        pytest.skip(f"the CPU Linear path relies on the BLAS here, and {broken} (model/linear.py)")
     set_batch_invariant(model, True)
     patches = torch.cat([frame_to_patches(_frame(s), CFG) for s in range(3)])  # (36, 3, 40, 40)
     batched = model(patches)
