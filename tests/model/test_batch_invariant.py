@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.attention import attend, attend_per_session
+from model.attention import Attention, CacheContext, KVCache, attend, attend_per_session, rope_angles
 from model.config import ModelConfig
 from model.exact import exp_nonpositive
 from model.exact import softmax as exact_softmax
@@ -238,3 +238,26 @@ def test_exact_exp_and_softmax_match_torch() -> None:
     plain, exact = route(logits, 2), route(logits, 2, exact=True)
     assert torch.equal(exact.idx, plain.idx)
     torch.testing.assert_close(exact.weight, plain.weight, atol=3e-7, rtol=0)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["teacher-forced", "ring-cache"])
+@torch.no_grad()
+def test_attention_module_modes_agree(cached: bool) -> None:
+    """The module in both modes on a ragged batch, teacher-forced and through the ring cache."""
+    cfg = ModelConfig(d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, window=6, n_sinks=2)
+    torch.manual_seed(0)
+    attn = Attention(cfg, layer=0)
+    lengths = torch.tensor([5, 2, 7])
+    pos = 3 + torch.arange(7).repeat(3, 1)
+    valid = torch.arange(7)[None] < lengths[:, None]
+    x = torch.randn(3, 7, 32)
+    rope = rope_angles(pos, cfg.head_dim, cfg.rope_theta)
+    outs = []
+    for batch_invariant in (False, True):
+        attn.batch_invariant = batch_invariant
+        ctx = None
+        if cached:
+            cache = KVCache.allocate(cfg, slots=4)
+            ctx = CacheContext.begin(cache, torch.tensor([2, 0, 3]), pos, valid)
+        outs.append(attn(x, rope, pos, valid, ctx)[valid])
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-6, rtol=1e-5)
