@@ -52,6 +52,12 @@ checkpoint: $(STAMP)
 	$(BIN)/python -m model.eval.dialogues --dialogues data/synth/heldout --root data/fdbench-heldout --max-per-task 20
 	$(BIN)/microturn train --preset tiny --data data/synth/train --out runs/tiny --steps $(TRAIN_STEPS) \
 		--batch-size 6 --crop-turns 40 --lr 2e-3 --export checkpoints/tiny
+	# speak-gate thresholds from a validation split (seed 2), never from the test split
+	$(BIN)/python -m model.data.generate --out data/synth-val --n 40 --split heldout --seed 2 \
+		--scenarios pause,turn_taking,interruption,timed_speech
+	$(BIN)/python -m model.eval.dialogues --dialogues data/synth-val/heldout --root data/fdbench-heldout-val --max-per-task 10
+	$(BIN)/python -m model.eval.calibrate --checkpoint checkpoints/tiny --root data/fdbench-heldout-val \
+		--starts 0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7 --keep-ratios 1,0.5 --pause-max smart-turn --write --out checkpoints/tiny/eval
 	$(BIN)/microturn eval --root data/fdbench-heldout --checkpoint checkpoints/tiny --out checkpoints/tiny/eval
 
 clean:
