@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
@@ -39,7 +38,6 @@ from infra.messages import (
     WORKER_DRAINING,
     ControlReply,
     ControlRequest,
-    MicroTurnInput,
     MicroTurnOutput,
     SessionClose,
     SessionOpen,
@@ -47,8 +45,8 @@ from infra.messages import (
 )
 from infra.redis_bus import DATA, cancel_and_wait
 from infra.registry import WorkerRegistry
-from model.engine import CapacityError, Engine, StepResult
-from model.worker import Worker, WorkerSettings, _SessionQueue
+from model.engine import CapacityError, Engine
+from model.worker import Worker, WorkerSettings
 
 log = get_logger(__name__)
 
@@ -84,8 +82,8 @@ class WorkerService:
         self.registry = registry
         self.settings = settings
         self.worker_id = settings.worker_id
-        self.worker = _LoggingWorker(
-            engine, bus, WorkerSettings(worker_id=settings.worker_id, turn_ms=turn_ms), self._queue_records
+        self.worker = Worker(
+            engine, bus, WorkerSettings(worker_id=settings.worker_id, turn_ms=turn_ms), on_records=self._queue_records
         )
         engine.log_turns = settings.log_turns
         cfg = engine.model.cfg
@@ -343,25 +341,3 @@ class WorkerService:
 
 
 _RECORD = msgspec.msgpack.Decoder(TurnRecord)
-
-
-class _LoggingWorker(Worker):
-    """A Worker that hands each step's TurnRecords to `sink` and can open a session from them."""
-
-    def __init__(
-        self, engine: Engine, bus: Bus, settings: WorkerSettings, sink: Callable[[list[TurnRecord]], None]
-    ) -> None:
-        super().__init__(engine, bus, settings)
-        self._sink = sink
-
-    async def _step(self, batch: list[MicroTurnInput]) -> StepResult:
-        result = await super()._step(batch)
-        if result.records:
-            self._sink(result.records)
-        return result
-
-    async def restore(self, session_id: str, seed: int, records: list[TurnRecord]) -> None:
-        """Like `open`, rebuilt from `records`; inputs are expected from the turn after the last logged one."""
-        await self._in_engine_thread(self.engine.restore, session_id, seed, records)
-        self._sessions[session_id] = _SessionQueue(next_turn=max(r.input_turn for r in records) + 1)
-        metrics.ACTIVE_SESSIONS.set(self.engine.stats().active)

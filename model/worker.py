@@ -35,7 +35,7 @@ import msgspec
 from infra import keys, metrics
 from infra.bus import Bus, BusClosed, Subscription
 from infra.logging import get_logger
-from infra.messages import MicroTurnInput, MicroTurnOutput
+from infra.messages import MicroTurnInput, MicroTurnOutput, TurnRecord
 from model.engine import Engine, StepResult
 
 log = get_logger(__name__)
@@ -63,8 +63,16 @@ class _SessionQueue:
 
 
 class Worker:
-    def __init__(self, engine: Engine, bus: Bus, settings: WorkerSettings | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        bus: Bus,
+        settings: WorkerSettings | None = None,
+        on_records: Callable[[list[TurnRecord]], None] | None = None,
+    ) -> None:
+        """`on_records`: gets each step's TurnRecords (with `engine.log_turns`), on the event loop."""
         self.engine = engine
+        self.on_records = on_records
         self.bus = bus
         self.settings = settings or WorkerSettings()
         self.step_times: deque[float] = deque(maxlen=1000)  # seconds, most recent steps
@@ -107,6 +115,14 @@ class Worker:
         if not self._sessions:
             self._failing_since = None  # failures with no session left waiting are history
         self._sessions[session_id] = _SessionQueue()
+        metrics.ACTIVE_SESSIONS.set(self.engine.stats().active)
+
+    async def restore(self, session_id: str, seed: int, records: list[TurnRecord]) -> None:
+        """Like `open`, rebuilt from another worker's turn log (model/engine.py `Engine.restore`);
+        inputs are expected from the turn after the last logged one."""
+        await self._in_engine_thread(self.engine.restore, session_id, seed, records)
+        next_turn = max((r.input_turn for r in records), default=-1) + 1
+        self._sessions[session_id] = _SessionQueue(next_turn=next_turn)
         metrics.ACTIVE_SESSIONS.set(self.engine.stats().active)
 
     async def close(self, session_id: str) -> None:
@@ -253,4 +269,6 @@ class Worker:
             log.warning(
                 "worker.behind_real_time", step_ms=round(dt * 1000, 1), batch=len(batch), turn_ms=self.settings.turn_ms
             )
+        if result.records and self.on_records is not None:
+            self.on_records(result.records)
         return result
