@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny"
@@ -108,3 +108,16 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return [x.strip() for x in v.split(",") if x.strip()]
         return v
+
+
+class SettingsError(ValueError):
+    """Invalid settings from the environment or the command line; the message says which."""
+
+
+def settings_from(**flags: object) -> Settings:
+    """The environment's settings with the command-line flags given (None = not given) on top;
+    a readable SettingsError instead of pydantic's exception at the process boundary."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as e:
+        raise SettingsError(f"invalid settings:\n{e}") from None

@@ -117,27 +117,20 @@ def run_worker(args: argparse.Namespace) -> int:
     import os
     import socket
 
-    from pydantic import ValidationError
-
     from infra.logging import configure_logging
-    from infra.settings import Settings
+    from infra.settings import SettingsError, settings_from
     from model.service import ServiceSettings
 
-    overrides = {
-        k: v
-        for k, v in {
-            "redis_url": args.redis,
-            "max_sessions": args.max_sessions,
-            "host": args.host,
-            "preset": args.preset,
-            "checkpoint": args.checkpoint,
-        }.items()
-        if v is not None
-    }
     try:
-        settings = Settings(**overrides)
-    except ValidationError as e:
-        print(f"error: invalid settings:\n{e}", file=sys.stderr)
+        settings = settings_from(
+            redis_url=args.redis,
+            max_sessions=args.max_sessions,
+            host=args.host,
+            preset=args.preset,
+            checkpoint=args.checkpoint,
+        )
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if not settings.redis_url:
         print("error: --redis URL (or MICROTURN_REDIS_URL) is required; `microturn serve` runs the engine in-process",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from agents.cli import add_agent_parser
 
@@ -30,36 +29,25 @@ def run_serve(args: argparse.Namespace) -> int:
     SIGINT and SIGTERM both stop it cleanly: aiohttp stops accepting, every call is closed
     (the peer is told why, its engine slot released), then the worker and the bus stop.
     """
-    import logging
-
     from aiohttp import web
-    from pydantic import ValidationError
 
     from infra.logging import configure_logging
-    from infra.settings import Settings
+    from infra.settings import SettingsError, settings_from
     from signaling.app import create_app
 
-    overrides = {
-        k: v
-        for k, v in {
-            "host": args.host,
-            "port": args.port,
-            "preset": args.preset,
-            "checkpoint": args.checkpoint,
-            "max_sessions": args.max_sessions,
-        }.items()
-        if v is not None
-    }
     try:
-        settings = Settings(**overrides)
-    except ValidationError as e:
-        print(f"error: invalid settings:\n{e}", file=sys.stderr)
+        settings = settings_from(
+            host=args.host,
+            port=args.port,
+            preset=args.preset,
+            checkpoint=args.checkpoint,
+            max_sessions=args.max_sessions,
+        )
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_json)
-    if settings.log_level != "debug":
-        # aioice logs every ICE candidate-pair check at INFO: several lines per call setup
-        for name in ("aioice", "aiortc"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_ice(settings.log_level)
     try:
         import uvloop
 
@@ -81,18 +69,6 @@ def add_edge_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_edge)
 
 
-def _settings(overrides: dict[str, Any]) -> object:
-    """Settings from the environment plus the flags given; an error message (str) when invalid."""
-    from pydantic import ValidationError
-
-    from infra.settings import Settings
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as e:
-        return f"error: invalid settings:\n{e}"
-
-
 def _quiet_ice(level: str) -> None:
     import logging
 
@@ -107,13 +83,14 @@ def run_edge(args: argparse.Namespace) -> int:
     import asyncio
 
     from infra.logging import configure_logging
-    from infra.settings import Settings
+    from infra.settings import SettingsError, settings_from
     from signaling.edge import create_edge_app, serve_edge
     from signaling.workers import RedisWorkersSettings
 
-    settings = _settings({"host": args.host, "port": args.port, "redis_url": args.redis})
-    if not isinstance(settings, Settings):
-        print(settings, file=sys.stderr)
+    try:
+        settings = settings_from(host=args.host, port=args.port, redis_url=args.redis)
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if not settings.redis_url:
         print("error: microturn edge needs --redis URL (or MICROTURN_REDIS_URL)", file=sys.stderr)
