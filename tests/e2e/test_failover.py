@@ -15,8 +15,9 @@ import pytest
 
 from infra import keys
 from infra.messages import TURN_SAMPLES, MicroTurnOutput, SessionOpen
-from tests.model.test_service import Edge, WorkerProc, turn_input
+from tests.model.test_service import Edge, turn_input
 from tests.redis_server import RedisServer
+from tests.worker_proc import WorkerProc
 
 pytestmark = pytest.mark.slow
 

@@ -33,40 +33,12 @@ from signaling.workers import RedisWorkers, RedisWorkersSettings
 from tests.e2e.aiortc_client import Caller, synthetic_speech
 from tests.e2e.aiortc_server import edge_settings, make_offer, wait_until
 from tests.redis_server import RedisServer, free_port
+from tests.worker_proc import TTL_S, WorkerProc
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "scale-test-key"  # integrator calls: no per-client call limit in the way
-TTL_S = 1.5
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
-
-
-class WorkerProc:
-    def __init__(self, url: str, logdir: Path, worker_id: str, *, capacity: int = 3, drain_s: float = 20.0) -> None:
-        self.worker_id = worker_id
-        self.logfile = logdir / f"worker-{worker_id}.log"
-        env = {**os.environ, "MICROTURN_CHECKPOINT": str(logdir / "no-checkpoint"), "MICROTURN_PRESET": "tiny"}
-        with open(self.logfile, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "signaling.cli", "worker",
-                    "--redis", url,
-                    "--worker-id", worker_id,
-                    "--max-sessions", str(capacity),
-                    "--port", "0",
-                    "--drain-s", str(drain_s),
-                    "--ttl-s", str(TTL_S),
-                ],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace")[-3000:]
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture

@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,40 +30,10 @@ from infra.messages import (
 )
 from infra.redis_bus import DATA, RedisBus, RedisSettings
 from infra.registry import WorkerRegistry
-from tests.redis_server import RedisServer, free_port
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.redis_server import RedisServer
+from tests.worker_proc import TTL_S, WorkerProc
 
 pytestmark = pytest.mark.slow
-
-
-class WorkerProc:
-    def __init__(self, url: str, logdir: Path, worker_id: str, *, max_sessions: int, drain_s: float) -> None:
-        self.worker_id = worker_id
-        self.port = free_port()
-        self.logfile = logdir / f"worker-{worker_id}.log"
-        env = {**os.environ, "MICROTURN_CHECKPOINT": str(logdir / "no-checkpoint"), "MICROTURN_PRESET": "tiny"}
-        with open(self.logfile, "wb") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "signaling.cli", "worker",
-                    "--redis", url,
-                    "--worker-id", worker_id,
-                    "--max-sessions", str(max_sessions),
-                    "--port", str(self.port),
-                    "--drain-s", str(drain_s),
-                    "--ttl-s", "1.5",
-                ],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 class Edge:
@@ -76,7 +43,7 @@ class Edge:
         rs = RedisSettings.from_dsn(url, block_ms=200, backoff_max_s=0.2)
         self.bus = RedisBus(rs)
         self.redis = rs.client()
-        self.registry = WorkerRegistry(self.redis, ttl_s=1.5)
+        self.registry = WorkerRegistry(self.redis, ttl_s=TTL_S)
         self.edge_id = "edge-" + secrets.token_hex(3)
         self.replies: Subscription = self.bus.subscribe(keys.replies(self.edge_id))
 
