@@ -1,6 +1,7 @@
 """Process-wide test setup. Triton reads TRITON_INTERPRET when it is first imported, so the
 CPU interpreter must be switched on here, before any test module can import it."""
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,3 +39,14 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop(kill=True)
+
+
+@pytest.fixture
+def no_automatic_gc() -> Iterator[None]:
+    """Only explicit collections: what a test frees, it freed by reference counting or gc.collect()."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

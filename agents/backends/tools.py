@@ -114,7 +114,8 @@ def _candidates(ask: str, limit: int = 8) -> list[str]:
     its last sentence, then from each question word on (captions run sentences together:
     "okay so um what's twelve times seven")."""
     out = [ask]
-    last = _sentences(ask)[-1] if _sentences(ask) else ask
+    sentences = _sentences(ask)
+    last = sentences[-1] if sentences else ask
     if last != ask:
         out.append(last)
     out.extend(last[m.start() :] for m in _ASK_START.finditer(last) if m.start() > 0)

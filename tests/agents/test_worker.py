@@ -4,10 +4,12 @@ with the small backends of tests/agents/fake_backends.py."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
-from agents.client import BackgroundClient
+from agents.client import BackgroundClient, ResultStream
 from agents.settings import AgentSettings
 from agents.worker import AgentWorker
 from tests.agents.conftest import Stack, ask, collect, text_of
@@ -21,14 +23,24 @@ def worker(stack: Stack, backend: EchoBackend, name: str = "a", **kw: object) ->
     return AgentWorker(stack.queue, stack.bus, lambda fire: backend, settings)
 
 
-async def test_answer_streams_in_order_and_is_acked(stack: Stack) -> None:
-    backend = EchoBackend()
-    w = worker(stack, backend)
+@contextlib.asynccontextmanager
+async def running(stack: Stack, w: AgentWorker) -> AsyncIterator[tuple[BackgroundClient, ResultStream]]:
+    """`w` started, a client, and session s1's result stream ready; all of it stopped after."""
     client = BackgroundClient(stack.bus, stack.queue)
     await w.start()
     try:
         stream = client.results("s1")
         await stream.ready()
+        yield client, stream
+    finally:
+        await client.aclose()
+        await w.stop()
+
+
+async def test_answer_streams_in_order_and_is_acked(stack: Stack) -> None:
+    backend = EchoBackend()
+    w = worker(stack, backend)
+    async with running(stack, w) as (client, stream):
         await client.submit(ask("one two three four", "t1"))
         await client.submit(ask("five six", "t2"))
         events = await collect(stream, {"t1", "t2"})
@@ -45,9 +57,6 @@ async def test_answer_streams_in_order_and_is_acked(stack: Stack) -> None:
         assert await stack.queue.pending() == 0
         assert client.open_tasks == 0
         assert w.stats.done == 2
-    finally:
-        await client.aclose()
-        await w.stop()
     assert backend.closed
 
 
@@ -83,11 +92,7 @@ async def test_concurrency_is_bounded(stack: Stack) -> None:
 async def test_retry_never_repeats_text_at_the_session(stack: Stack) -> None:
     backend = FlakyBackend()
     w = worker(stack, backend, max_attempts=3)
-    client = BackgroundClient(stack.bus, stack.queue)
-    await w.start()
-    try:
-        stream = client.results("s1")
-        await stream.ready()
+    async with running(stack, w) as (client, stream):
         await client.submit(ask("alpha beta gamma delta", "t1"))
         events = await collect(stream, {"t1"})
         # attempt 1 sent "alpha beta " then failed; attempt 2 sent everything again from seq 0
@@ -97,20 +102,13 @@ async def test_retry_never_repeats_text_at_the_session(stack: Stack) -> None:
         assert stream.duplicates == 2
         assert w.stats.retries == 1
         assert await stack.queue.dead_letters() == []
-    finally:
-        await client.aclose()
-        await w.stop()
 
 
 @pytest.mark.parametrize("failure", ["error", "timeout"])
 async def test_failing_backend_is_dead_lettered_and_reported(stack: Stack, failure: str) -> None:
     backend: EchoBackend = FailBackend() if failure == "error" else HangBackend()
     w = worker(stack, backend, max_attempts=2, task_timeout_s=0.3)
-    client = BackgroundClient(stack.bus, stack.queue)
-    await w.start()
-    try:
-        stream = client.results("s1")
-        await stream.ready()
+    async with running(stack, w) as (client, stream):
         await client.submit(ask("please", "t1"))
         events = await collect(stream, {"t1"})
         word = "hmm " if failure == "error" else "thinking "
@@ -124,19 +122,12 @@ async def test_failing_backend_is_dead_lettered_and_reported(stack: Stack, failu
         await asyncio.sleep(0.05)
         assert await stack.queue.pending() == 0
         assert w.stats.dead_lettered == 1
-    finally:
-        await client.aclose()
-        await w.stop()
 
 
 async def test_cancel_stops_a_running_task(stack: Stack) -> None:
     backend = HangBackend()
     w = worker(stack, backend)
-    client = BackgroundClient(stack.bus, stack.queue)
-    await w.start()
-    try:
-        stream = client.results("s1")
-        await stream.ready()
+    async with running(stack, w) as (client, stream):
         await client.submit(ask("x", "t1"))
         first = await asyncio.wait_for(stream.__anext__(), 5)
         assert first.text == "thinking "
@@ -146,9 +137,6 @@ async def test_cancel_stops_a_running_task(stack: Stack) -> None:
         await asyncio.sleep(0.05)
         assert w.running == 0 and await stack.queue.pending() == 0
         assert await stack.queue.dead_letters() == []
-    finally:
-        await client.aclose()
-        await w.stop()
 
 
 async def test_cancel_from_another_session_is_ignored(stack: Stack) -> None:
@@ -193,11 +181,7 @@ async def test_cancel_before_pickup_skips_the_task(stack: Stack) -> None:
 async def test_session_end_stops_its_tasks_quietly_and_tells_the_backend(stack: Stack) -> None:
     backend = HangBackend()
     w = worker(stack, backend)
-    client = BackgroundClient(stack.bus, stack.queue)
-    await w.start()
-    try:
-        stream = client.results("s1")
-        await stream.ready()
+    async with running(stack, w) as (client, stream):
         await client.submit(ask("x", "t1"))
         await asyncio.wait_for(stream.__anext__(), 5)
         await client.session_ended("s1")
@@ -207,9 +191,6 @@ async def test_session_end_stops_its_tasks_quietly_and_tells_the_backend(stack: 
         with pytest.raises(TimeoutError):  # no failed event for a session that is gone
             await asyncio.wait_for(stream.__anext__(), 0.3)
         assert await stack.queue.pending() == 0
-    finally:
-        await client.aclose()
-        await w.stop()
 
 
 async def test_dead_agents_task_is_reclaimed(stack: Stack) -> None:
@@ -260,11 +241,7 @@ async def test_a_task_that_keeps_killing_agents_is_dead_lettered(stack: Stack) -
 async def test_timer_fires_into_the_session(stack: Stack) -> None:
     backend = EchoBackend()
     w = worker(stack, backend)
-    client = BackgroundClient(stack.bus, stack.queue)
-    await w.start()
-    try:
-        stream = client.results("s1")
-        await stream.ready()
+    async with running(stack, w) as (client, stream):
         assert backend.fire is None
         await w._fire("s1", "Your tea is ready.")
         a = await asyncio.wait_for(stream.__anext__(), 5)
@@ -278,9 +255,6 @@ async def test_timer_fires_into_the_session(stack: Stack) -> None:
         await w._fire("s1", "too late")  # after the call ended: nothing
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(stream.__anext__(), 0.2)
-    finally:
-        await client.aclose()
-        await w.stop()
 
 
 async def test_stop_hands_unfinished_tasks_to_another_agent(stack: Stack) -> None:

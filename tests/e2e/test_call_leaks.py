@@ -19,7 +19,6 @@ import asyncio
 import gc
 import weakref
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -39,16 +38,6 @@ API_KEY = "leak-key"
 CALLS = 24
 LANES = 3  # concurrent callers
 RELEASE_S = 5.0  # how long after the last call ended everything of it must be gone
-
-
-@pytest.fixture
-def no_automatic_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def tracked(call: Call) -> dict[str, weakref.ref[Any]]:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Iterator
-
-import pytest
 
 from infra import memory
 
@@ -17,16 +14,6 @@ class Node:
 
     def __init__(self) -> None:
         self.me = self
-
-
-@pytest.fixture
-def no_automatic_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 async def test_reclaimer_collects_cycles_once_per_delay(no_automatic_gc: None) -> None:
