@@ -21,13 +21,16 @@ Every ``Word`` item of the utterance is read through two feature paths (flite's 
   before the word's first segment, i.e. the end of a pause before the word if there is one),
 - end: ``R:SylStructure.daughtern.daughtern.R:Segment.end``.
 
-flite's tokenizer splits the input on whitespace as ``str.split`` does (punctuation stays a
-feature of its token; a token of bare punctuation stays a token), and each word hangs under
-the token it came from (``R:Token.parent``). So word -> token -> whitespace token of the input
-is exact: ``42`` is spoken as ``forty two`` and becomes one ``Word("42", ...)`` spanning both.
-Tokens with no letters or digits are dropped, as in espeak.py. If the token counts ever
-disagree, or a spoken token gets no timed word, the utterance falls back to spans in
-proportion to token length over the audio's loud region (a safety net; not seen in tests).
+flite's tokenizer splits the input on whitespace; a token's name is the whitespace token
+with its punctuation stripped (a token of bare opening punctuation, ``(`` or ``"``, is folded
+into the next one), and each word hangs under the token it came from (``R:Token.parent``).
+Token names are matched to the whitespace tokens in order as substrings, so word -> token ->
+input token is exact: ``42`` is spoken as ``forty two`` and becomes one ``Word("42", ...)``
+spanning both. Tokens with no letters or digits are dropped, as in espeak.py. If the names
+cannot be matched, or a spoken token gets no timed word, the utterance falls back to spans
+in proportion to token length over the audio's loud region (a safety net; not seen on any
+text tried). Word edges are then the engine's; the pause segments before the first and
+after the last word are cut to 10 ms, then silence is trimmed with espeak.py's ``_trim``.
 
 Prosody
 -------
@@ -164,8 +167,8 @@ class _Engine:
 
     def synth(
         self, text: str, name: str, stretch: float, f0_factor: float
-    ) -> tuple[np.ndarray, int, list[tuple[int, float, float]], int]:
-        """Audio (int16), its rate, words as (token index, start s, end s), token count."""
+    ) -> tuple[np.ndarray, int, list[tuple[int, float, float]], list[str]]:
+        """Audio (int16), its rate, words as (token index, start s, end s), token names."""
         vox, default_stretch = self.voice(name)
         feats = vox.contents.features
         # set on every call: the voice object is shared by all callers of this voice
@@ -184,9 +187,11 @@ class _Engine:
                 raise FliteError(f"flite produced {w.num_channels} channels, expected 1")
             pcm = np.ctypeslib.as_array(w.samples, (w.num_samples,)).copy()
             token_index: dict[int, int] = {}
+            names: list[str] = []
             item = self.lib.relation_head(self.lib.utt_relation(utt, b"Token"))
             while item:
                 token_index[item] = len(token_index)
+                names.append((self.lib.item_feat_string(item, b"name") or b"").decode("ascii", "replace"))
                 item = self.lib.item_next(item)
             words = []
             item = self.lib.relation_head(self.lib.utt_relation(utt, b"Word"))
@@ -196,7 +201,7 @@ class _Engine:
                 end = self.lib.ffeature_float(item, _WORD_END)
                 words.append((token_index.get(token, -1), float(start), float(end)))
                 item = self.lib.item_next(item)
-            return pcm, int(w.sample_rate), words, len(token_index)
+            return pcm, int(w.sample_rate), words, names
         finally:
             self.lib.delete_utterance(utt)
 
@@ -269,12 +274,12 @@ def synthesize(text: str, voice: str = "slt", stretch: float = 1.0, f0_shift: fl
 @functools.lru_cache(maxsize=512)
 def _synthesize_cached(text: str, voice: str, stretch: float, f0_shift: float) -> Utterance:
     with _engine_lock:
-        pcm, rate, raw_words, n_tokens = _get_engine().synth(text, voice, stretch, 2.0 ** (f0_shift / 12.0))
+        pcm, rate, raw_words, names = _get_engine().synth(text, voice, stretch, 2.0 ** (f0_shift / 12.0))
     audio = pcm.astype(np.float32) / 32768.0
     if rate != SAMPLE_RATE:  # word times are in seconds, unaffected
         g = math.gcd(SAMPLE_RATE, rate)
         audio = resample_poly(audio, SAMPLE_RATE // g, rate // g).astype(np.float32)
-    words = _align(text, raw_words, n_tokens, audio)
+    words = _align(text, raw_words, names, audio)
     if words is None:
         words = _proportional(text, audio)
     else:
@@ -290,19 +295,38 @@ def _synthesize_cached(text: str, voice: str, stretch: float, f0_shift: float) -
     return Utterance(text=text, audio=audio, words=tuple(words))
 
 
-def _align(text: str, raw: list[tuple[int, float, float]], n_tokens: int, audio: np.ndarray) -> list[Word] | None:
+def _token_map(tokens: list[str], names: list[str]) -> list[int] | None:
+    """Input token index of each flite token. flite's token name is the whitespace token with
+    its punctuation stripped, and a token of bare prepunctuation (``(``, ``"``) is folded into
+    the next token, so names are matched in order as substrings."""
+    out, i = [], 0
+    for name in names:
+        while i < len(tokens) and name not in tokens[i]:
+            i += 1
+        if i == len(tokens):
+            return None
+        out.append(i)
+        i += 1
+    return out
+
+
+def _align(text: str, raw: list[tuple[int, float, float]], names: list[str], audio: np.ndarray) -> list[Word] | None:
     """The engine's word times per input token, or None if they cannot be matched up."""
     tokens = text.split()
+    index = _token_map(tokens, names)
+    if index is None:
+        return None
     total = len(audio) / SAMPLE_RATE
     spans: dict[int, tuple[float, float]] = {}
-    for i, start, end in raw:
+    for j, start, end in raw:
         start, end = min(start, total), min(end, total)
-        if i < 0 or end <= start:  # a word with no segments has no time of its own
+        if not 0 <= j < len(index) or end <= start:  # a word with no segments has no time of its own
             continue
+        i = index[j]
         a, b = spans.get(i, (start, end))
         spans[i] = (min(a, start), max(b, end))
     spoken = [i for i, t in enumerate(tokens) if _SPOKEN_RE.search(t)]
-    if n_tokens == len(tokens) and all(i in spans for i in spoken):
+    if all(i in spans for i in spoken):
         words = [Word(tokens[i], *spans[i]) for i in spoken]
         if all(w.start >= p.end - 1e-6 for p, w in itertools.pairwise(words)):
             return words

@@ -4,6 +4,7 @@ tokens, prosody controls, sample-exact determinism, and speech an ASR can read."
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -67,6 +68,36 @@ def test_number_is_one_word_spanning_its_spoken_words() -> None:
     # "forty two" is two spoken words: longer than "have" and "cats." on their own
     assert n.end - n.start > 1.5 * (have.end - have.start)
     assert n.start == pytest.approx(have.end) and n.end == pytest.approx(cats.start)
+
+
+def test_bare_punctuation_tokens_are_skipped() -> None:
+    """flite folds a bare opening bracket or quote into the next token; words still line up."""
+    text = 'He said ( quietly ) " yes " - then left.'
+    utt = synthesize(text, "kal16")
+    assert [w.text for w in utt.words] == ["He", "said", "quietly", "yes", "then", "left."]
+    assert flite._align(text, [(0, 0.1, 0.2)], ["He", "said"], utt.audio) is None  # words missing
+    assert flite._token_map(text.split(), ["He", "said", ")", "yes", "-", "then", "left"]) == [0, 1, 4, 6, 8, 9, 10]
+    assert flite._token_map(["a", "b"], ["a", "c"]) is None
+
+
+@pytest.mark.skipif(shutil.which("flite") is None, reason="no flite command")
+def test_word_ends_are_the_cli_segment_ends() -> None:
+    """Cross-check of the feature paths: before trimming, word edges are segment ends that
+    ``flite -psdur`` prints (a word starts where the segment before it ends)."""
+    text = "Paris is lovely in the spring."
+    with flite._engine_lock:
+        _, _, raw, names = flite._get_engine().synth(text, "slt", 1.0, 1.0)
+    out = subprocess.run(
+        ["flite", "-voice", "slt", "-psdur", "-t", text, "-o", "none"], capture_output=True, text=True, check=True
+    ).stdout
+    ends = [float(seg.rsplit(":", 1)[1]) for seg in out.split()]
+    assert names == ["Paris", "is", "lovely", "in", "the", "spring"]
+    assert len(raw) == 6
+    for _, start, end in raw:
+        assert min(abs(start - e) for e in ends) < 1e-3
+        assert min(abs(end - e) for e in ends) < 1e-3
+    assert raw[0][1] == pytest.approx(ends[0], abs=1e-3)  # after the leading pause
+    assert raw[-1][2] == pytest.approx(ends[-2], abs=1e-3)  # before the trailing pause
 
 
 @pytest.mark.parametrize("voice", ["slt", "awb", "kal16"])
