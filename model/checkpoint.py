@@ -24,6 +24,9 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 MANIFEST = "manifest.json"
+# Heads added after checkpoints were shipped; an older checkpoint loads with them zeroed and
+# unused (the turn head only acts when the config's gate sets `voice`).
+LATER_HEADS = ("turn_head.",)
 FORMAT_VERSION = 1
 
 
@@ -119,6 +122,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{weights}: unreadable safetensors file: {e}") from e
     model = InteractionModel(cfg).to(device)
     expected = model.state_dict()
+    for k in set(expected) - set(state):
+        if k.startswith(LATER_HEADS):  # a head added after this checkpoint: neutral (zero) logits
+            state[k] = torch.zeros_like(expected[k])
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)

@@ -36,11 +36,16 @@ class GateConfig:
     is greedy argmax over the whole vocabulary, the behaviour of checkpoints from before the
     gate, so their config.json (which has no `gate`) loads unchanged. `temperature` > 0 samples
     among the non-pad tokens (noise keyed on seed, turn and position); 0 takes the best one.
+    `voice` (needs the turn head): an output position is audible only while the text gate is
+    speaking or the turn head's p(own voice active) >= `voice`; otherwise it plays silence, so
+    a reply stops when the model hears it should, and nothing leaks into a pause. None = the
+    flow head's audio always plays (checkpoints without a trained turn head).
     """
 
     start: float | None = None
     keep: float | None = None  # None = start (no hysteresis)
     temperature: float = 0.0
+    voice: float | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -50,6 +55,8 @@ class GateConfig:
             problems.append(f"start ({self.start}) must be in (0, 1]")
         if self.start is not None and self.keep is not None and not 0.0 < self.keep <= self.start:
             problems.append(f"keep ({self.keep}) must be in (0, start={self.start}]")
+        if self.voice is not None and not 0.0 <= self.voice <= 1.0:
+            problems.append(f"voice ({self.voice}) must be in [0, 1]")
         if not self.temperature >= 0.0:
             problems.append(f"temperature ({self.temperature}) must be >= 0")
         if problems:
@@ -126,7 +133,7 @@ class ModelConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     # training loss weights (used by model/train)
     loss_weights: dict[str, float] = field(
-        default_factory=lambda: {"text": 1.0, "caption": 1.0, "flow": 1.0, "balance": 0.01}
+        default_factory=lambda: {"text": 1.0, "caption": 1.0, "flow": 1.0, "turn": 0.5, "balance": 0.01}
     )
 
     def __post_init__(self) -> None:
@@ -304,11 +311,12 @@ def count_params(cfg: ModelConfig) -> ParamCount:
     # heads
     text_head = D * cfg.vocab_size
     caption_head = D * cfg.vocab_size
+    turn_head = 2 * D + 2
     flow = _flow_params(cfg)
     by_part = {
         "embeddings": dmel + text + stream + time + vision,
         "trunk": cfg.n_layers * layer_total + final_norm,
-        "heads": text_head + caption_head + flow,
+        "heads": text_head + caption_head + turn_head + flow,
     }
     total = sum(by_part.values())
     # Per token, only one of the embedding tables is touched, but all embedding parameters

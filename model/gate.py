@@ -36,6 +36,7 @@ class BatchGate:
     start: torch.Tensor  # (B,) float32
     keep: torch.Tensor  # (B,) float32
     temperature: torch.Tensor  # (B,) float32
+    voice: torch.Tensor  # (B,) float32: p(voice active) needed to stay audible; 0 = always audible
     seeds: list[int]
     turns: list[int]
     pad_id: int
@@ -59,6 +60,7 @@ class BatchGate:
             start=f32([1.0 if g.start is None else g.start for g in gates]),
             keep=f32([1.0 if g.keep_threshold is None else g.keep_threshold for g in gates]),
             temperature=f32([g.temperature for g in gates]),
+            voice=f32([0.0 if g.voice is None else g.voice for g in gates]),
             seeds=list(seeds),
             turns=list(turns),
             pad_id=pad_id,
@@ -75,6 +77,11 @@ class BatchGate:
             ]
             noise = torch.stack(rows).to(logits.device)
         return gate_step(logits, speaking, self, noise)
+
+    def audible(self, turn_logits: torch.Tensor, speaking: torch.Tensor) -> torch.Tensor:
+        """(B, 2) turn-head logits and (B,) text-gate state -> (B,) whether the position plays sound."""
+        p_voice = torch.sigmoid(turn_logits[:, 0].float())
+        return speaking | (p_voice >= self.voice)
 
 
 def p_speak(logits: torch.Tensor, pad_id: int) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The interaction model: bag-of-embeddings input, a MoE transformer trunk, three heads.
+"""The interaction model: bag-of-embeddings input, a MoE transformer trunk, four heads.
 
 `forward(positions)` without a cache is the teacher-forced pass over whole interleaved
 sequences (training, evaluation); with a `KVCache` and slot ids it appends a chunk to each
@@ -63,6 +63,9 @@ class InteractionModel(nn.Module):
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.text_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.caption_head = Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        # turn state at an output position: logits of {own voice active now, onset within the
+        # next few positions} (voice-activity projection); trained from the alignments
+        self.turn_head = Linear(cfg.d_model, 2)
         self.flow = FlowHead(cfg)
         self.set_batch_invariant(cfg.deterministic)
 

@@ -211,6 +211,8 @@ def run_batch(
         tok, speaking = gate.step(logits, speaking, j)  # (B,): the speak gate, or argmax when greedy
         noise = torch.stack([rng.noise(s.seed, s.turn, j, cfg.mel_dim) for s in states]).to(device)  # (B, mel_dim)
         unit = model.flow.sample(model.flow_cond(h, tok), noise)
+        # silence is the bottom of the unit range: what the assistant channel holds when it is quiet
+        unit = torch.where(gate.audible(model.turn_head(h), speaking)[:, None], unit, torch.full_like(unit, -1.0))
         mel = unit_to_mel(unit.clamp(-1, 1), cfg).view(-1, cfg.frames_per_position, cfg.n_mels)  # (B, F, M)
         bins = quantize(mel, cfg).cpu()
         for b in range(len(states)):

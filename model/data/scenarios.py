@@ -1,4 +1,4 @@
-"""Scenario builders for synthetic full-duplex dialogues (two speakers, espeak-ng voices).
+"""Scenario builders for synthetic full-duplex dialogues (two speakers, synthesized voices).
 
 A clip is built on a ``Dialogue``: utterances are synthesized (``model.data.espeak``) and
 placed on a timeline, one channel per speaker, alongside timed events. Conventions:
@@ -19,7 +19,11 @@ placed on a timeline, one channel per speaker, alongside timed events. Conventio
   ``time``..``end``), ``noise`` (background noise on the user channel, ``text`` = its kind).
 
 Splits: ``train`` and ``valid`` share voices and phrasings (different random streams);
-``heldout`` uses espeak-ng languages, variants and phrase templates that the others never use.
+``heldout`` uses espeak-ng languages, variants, a flite voice and phrase templates that the
+others never use. Users come from two synthesizer families (espeak-ng and flite), so timing
+and captions are learned on more than one kind of voice. The assistant is the model's own
+voice: one flite CMU voice (slt) in every split, because an ASR can read it (pocketsphinx
+reads flite's CMU voices far better than espeak-ng's), and intelligibility is measured by ASR.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import re
 import string
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -69,6 +73,47 @@ class VoicePool:
             pitch=int(rng.integers(self.pitch[0], self.pitch[1] + 1)),
             pitch_range=int(rng.integers(self.pitch_range[0], self.pitch_range[1] + 1)),
         )
+
+
+class Speaker(Protocol):
+    """A voice of any synthesizer family: espeak-ng's ``Voice`` or flite's ``FliteVoice``."""
+
+    def synthesize(self, text: str) -> Utterance: ...
+
+    def to_dict(self) -> dict[str, object]: ...
+
+
+@dataclass(frozen=True)
+class FlitePool:
+    """flite CMU voices and the speaking-rate range (duration stretch) a speaker is drawn from."""
+
+    names: tuple[str, ...]
+    stretch: tuple[float, float] = (0.9, 1.15)
+
+    def draw(self, rng: np.random.Generator) -> Speaker:
+        from model.data.flite import FliteVoice  # imported here: only clips that use flite need it
+
+        return FliteVoice(_choice(rng, self.names), stretch=round(float(rng.uniform(*self.stretch)), 3))
+
+
+@dataclass(frozen=True)
+class SpeakerPool:
+    """One role's voices: espeak-ng and/or flite, flite drawn with probability ``flite_share``."""
+
+    espeak: VoicePool | None = None
+    flite: FlitePool | None = None
+    flite_share: float = 0.0
+
+    def names(self) -> tuple[str, ...]:
+        """Every voice name this pool can draw (flite voices as ``flite:<name>``)."""
+        espeak = self.espeak.names() if self.espeak is not None else ()
+        return espeak + tuple(f"flite:{n}" for n in (self.flite.names if self.flite is not None else ()))
+
+    def draw(self, rng: np.random.Generator) -> Speaker:
+        if self.flite is not None and (self.espeak is None or rng.random() < self.flite_share):
+            return self.flite.draw(rng)
+        assert self.espeak is not None
+        return self.espeak.draw(rng)
 
 
 # Novelty or near-duplicate variants are used by nobody: robots, whispers, croaks, and the
@@ -111,7 +156,7 @@ EXCLUDED_VARIANTS = (
     "iven4",
 )
 
-_TRAIN_VOICES = {
+_TRAIN_ESPEAK = {
     ASSISTANT: VoicePool(("en-us", "en"), ("f2", "f4", "m1", "m3", "Annie", "david")),
     USER: VoicePool(
         ("en-us", "en", "en-gb-scotland", "en-029"),
@@ -138,7 +183,7 @@ _TRAIN_VOICES = {
         pitch=(30, 70),
     ),
 }
-_HELDOUT_VOICES = {
+_HELDOUT_ESPEAK = {
     ASSISTANT: VoicePool(("en-us-nyc", "en-gb-x-rp"), ("f5", "m7", "Andrea", "edward")),
     USER: VoicePool(
         ("en-us-nyc", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd"),
@@ -160,7 +205,18 @@ _HELDOUT_VOICES = {
         pitch=(30, 70),
     ),
 }
-VOICES: dict[str, dict[str, VoicePool]] = {"train": _TRAIN_VOICES, "valid": _TRAIN_VOICES, "heldout": _HELDOUT_VOICES}
+# the assistant: one ASR-readable voice everywhere (module doc); users: espeak-ng and flite
+ASSISTANT_VOICE = SpeakerPool(flite=FlitePool(("slt",), stretch=(0.95, 1.08)))
+FLITE_USER_SHARE = 0.3
+_TRAIN_VOICES = {
+    ASSISTANT: ASSISTANT_VOICE,
+    USER: SpeakerPool(_TRAIN_ESPEAK[USER], FlitePool(("rms", "kal16")), FLITE_USER_SHARE),
+}
+_HELDOUT_VOICES = {
+    ASSISTANT: ASSISTANT_VOICE,
+    USER: SpeakerPool(_HELDOUT_ESPEAK[USER], FlitePool(("awb",)), FLITE_USER_SHARE),
+}
+VOICES: dict[str, dict[str, SpeakerPool]] = {"train": _TRAIN_VOICES, "valid": _TRAIN_VOICES, "heldout": _HELDOUT_VOICES}
 
 # --------------------------------------------------------------------------- slots
 # Template slots ({a}, {city}, ...) are filled jointly per template by a named generator, so
@@ -355,6 +411,9 @@ class Phrasebook:
     typed: tuple[tuple[str, str, str, str], ...]  # spoken lead-in ("" = none), typed, reply, kind
     refusals: tuple[tuple[str, str], ...]  # disallowed request, refusal
     checkins: tuple[tuple[str, str], ...]  # user after a long silence, assistant reply
+    monologues: tuple[tuple[str, ...], ...] = ()  # sentences of a long user telling (FD-bench backchannel)
+    monologue_ends: tuple[tuple[str, str], ...] = ()  # the user's closing question, the assistant's answer
+    listener_cues: tuple[str, ...] = ()  # the assistant's short backchannels in the user's pauses
 
     def strings(self) -> set[str]:
         """All phrase templates (slot kinds excluded), for disjointness checks."""
@@ -562,6 +621,65 @@ TRAIN_PHRASES = Phrasebook(
         ("Hello? Are you still there?", "Yes, I'm here."),
         ("Are you still listening?", "I'm still here. What can I do for you?"),
     ),
+    monologues=(
+        (
+            "So yesterday I finally cleaned out the garage.",
+            "It took the whole afternoon because there were boxes everywhere.",
+            "I found my old bike under a pile of paint cans.",
+            "The tires were flat but the frame still looks fine.",
+        ),
+        (
+            "I started a new job on Monday.",
+            "The office is on the fourth floor of an old brick building.",
+            "My team seems friendly, and the coffee is actually good.",
+            "The only problem is the commute, which takes almost an hour.",
+        ),
+        (
+            "We went camping by the lake last weekend.",
+            "On the first night it rained so hard that the tent leaked.",
+            "We moved everything into the car and slept there instead.",
+            "The next morning was sunny, so we dried our things on the rocks.",
+        ),
+        (
+            "My sister is getting married in June.",
+            "She asked me to give a short speech at the dinner.",
+            "I have a few funny stories about her from when we were kids.",
+            "But I'm nervous about speaking in front of so many people.",
+        ),
+        (
+            "I've been trying to learn the guitar.",
+            "I practice for about twenty minutes every evening.",
+            "My fingers hurt a lot during the first week.",
+            "Now I can play three simple songs without looking.",
+        ),
+        (
+            "Our neighbor has a dog that barks every morning.",
+            "It starts at around six, right when the garbage truck comes.",
+            "I talked to them about it last week.",
+            "They said they would try keeping him inside until eight.",
+        ),
+        (
+            "I baked bread for the first time on Sunday.",
+            "The recipe said to let the dough rise for two hours.",
+            "I got impatient and put it in the oven after one.",
+            "It came out dense, but it still tasted pretty good with butter.",
+        ),
+        (
+            "Last month I visited my grandparents on their farm.",
+            "They still get up before sunrise to feed the chickens.",
+            "My grandfather showed me how to fix the old fence.",
+            "In the evenings we played cards on the porch.",
+        ),
+    ),
+    monologue_ends=(
+        (
+            "Anyway, what do you think I should do?",
+            "It sounds like you handled it well. I'd take it one step at a time.",
+        ),
+        ("Does that sound normal to you?", "Yes, that sounds pretty normal to me."),
+        ("So, any advice?", "Keep at it, and give yourself a little more time."),
+    ),
+    listener_cues=("Mhm.", "Uh huh.", "Right.", "I see.", "Oh wow."),
 )
 
 HELDOUT_PHRASES = Phrasebook(
@@ -699,6 +817,37 @@ HELDOUT_PHRASES = Phrasebook(
         ),
     ),
     checkins=(("Anybody there?", "Still here, go ahead."), ("You still with me?", "Yep, right here.")),
+    monologues=(
+        (
+            "My car made a strange noise on the highway this morning.",
+            "It was a kind of rattle that got louder when I sped up.",
+            "I pulled over, but I couldn't see anything wrong underneath.",
+            "So I drove slowly to the mechanic near my office.",
+        ),
+        (
+            "I signed up for a pottery class at the community center.",
+            "The teacher is a retired art professor with very calm hands.",
+            "My first bowl collapsed on the wheel twice.",
+            "On the third try it held together, though it leans to one side.",
+        ),
+        (
+            "We adopted a kitten from the shelter two weeks ago.",
+            "She hid under the sofa for the first three days.",
+            "Now she follows me around the flat and sleeps on my laptop.",
+            "She also knocked a plant off the windowsill yesterday.",
+        ),
+        (
+            "I ran my first five kilometer race on Saturday.",
+            "The start was crowded and I went out much too fast.",
+            "Halfway through I had to walk for a minute to catch my breath.",
+            "I still finished in under thirty minutes, which surprised me.",
+        ),
+    ),
+    monologue_ends=(
+        ("What would you have done?", "I think I'd have done the same, honestly."),
+        ("Do you reckon that's worth it?", "I do, it sounds like it's paying off."),
+    ),
+    listener_cues=("Mhm.", "Uh huh.", "Right.", "I see.", "Oh wow."),
 )
 
 PHRASES: dict[str, Phrasebook] = {"train": TRAIN_PHRASES, "valid": TRAIN_PHRASES, "heldout": HELDOUT_PHRASES}
@@ -726,7 +875,7 @@ class Dialogue:
     """Two-channel timeline under construction."""
 
     rng: np.random.Generator
-    voices: dict[str, Voice]
+    voices: dict[str, Speaker]
     levels_db: dict[str, float]  # target active-speech RMS per role, dBFS
     segments: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
     words: list[tuple[str, float, float, str]] = field(default_factory=list)  # text, start, end, role
@@ -846,13 +995,15 @@ def make_noise(rng: np.random.Generator, kind: str, n: int) -> np.ndarray:
 
 
 def _gap(rng: np.random.Generator) -> float:
-    """Reply delay after a user turn: quick, normal or slow."""
+    """Reply delay after a user turn, concentrated as in human conversation: most 200-500 ms
+    (Stivers et al. 2009 put the mode near 200 ms), a few quicker or slower. A wide spread
+    teaches the model that "now" is never likely, so it waits too long."""
     u = rng.random()
-    if u < 0.2:
-        return float(rng.uniform(0.12, 0.3))
     if u < 0.75:
-        return float(rng.uniform(0.3, 0.8))
-    return float(rng.uniform(0.8, 1.6))
+        return float(rng.uniform(0.2, 0.5))
+    if u < 0.9:
+        return float(rng.uniform(0.12, 0.2))
+    return float(rng.uniform(0.5, 0.8))
 
 
 def _lead(rng: np.random.Generator) -> float:
@@ -941,24 +1092,27 @@ def timed_speech(d: Dialogue, p: Phrasebook, rng: np.random.Generator) -> None:
     word = _choice(rng, p.tick_words)
     request = _choice(rng, p.timed_requests).format(word=word, period=_PERIOD_WORDS[period])
     u = d.say(USER, request, _lead(rng))
-    t = u.end + _gap(rng)
-    if rng.random() < 0.7:
-        t = d.say(ASSISTANT, _choice(rng, p.timed_acks), t).end + float(rng.uniform(0.2, 0.6))
-    start = t
+    # ../shared/fdbench.md: the first tick is one period after the request ends; one short
+    # acknowledgement in the first 1.5 s is free (it must be over well before the first tick)
+    start = u.end
+    if rng.random() < 0.6:
+        ack = d.say(ASSISTANT, _choice(rng, p.timed_acks), start + _gap(rng))
+        if ack.end > start + period - 0.4:
+            raise Retry("acknowledgement runs into the first tick")
     stop_utt = d.synth(USER, _choice(rng, p.stops))
     # leave room after the last tick for the user's stop and the assistant's reply
     n_max = int((MAX_DURATION - 2.6 - start) // period)
     if n_max < 3:
         raise Retry("no room for three ticks")
     n = int(rng.integers(3, n_max + 1))
-    onsets = [start + k * period for k in range(n)]
+    onsets = [start + k * period for k in range(1, n + 1)]
     tick = f"{word.capitalize()}."
     last = None
     for onset in onsets:
         last = d.say_at_onset(ASSISTANT, tick, onset)
     assert last is not None
     lo = last.end + 0.25
-    hi = start + n * period - stop_utt.duration - 0.35  # done before the next tick would be due
+    hi = start + (n + 1) * period - stop_utt.duration - 0.35  # done before the next tick would be due
     s = d.place(USER, stop_utt, float(rng.uniform(lo, max(lo, hi))))
     d.event("stop", s.start, s.text, end=s.end)
     d.event(
@@ -1041,6 +1195,33 @@ def noise_silence(d: Dialogue, p: Phrasebook, rng: np.random.Generator) -> None:
     d.say(ASSISTANT, reply, c.end + gap)
 
 
+def monologue(d: Dialogue, p: Phrasebook, rng: np.random.Generator) -> None:
+    """FD-bench's backchannel task: the user tells a story in several sentences with pauses
+    between them; the assistant keeps the floor with the user (silence, or a short cue such as
+    "mhm" in some pauses) and answers only the closing question."""
+    sentences = list(_choice(rng, p.monologues))
+    t = _lead(rng)
+    for i, sentence in enumerate(sentences):
+        u = d.say(USER, sentence, t)
+        if i == len(sentences) - 1:
+            t = u.end
+            break
+        gap = float(rng.uniform(0.5, 1.4))
+        d.event("monologue_pause", u.end, end=u.end + gap)
+        if rng.random() < 0.35 and gap >= 0.8:
+            cue = d.say(ASSISTANT, _choice(rng, p.listener_cues), u.end + float(rng.uniform(0.15, 0.35)))
+            d.event("listener_cue", cue.start, cue.text, end=cue.end)
+            gap = max(gap, cue.end - u.end + 0.3)
+        t = u.end + gap
+    if rng.random() < 0.6:
+        q, a = _choice(rng, p.monologue_ends)
+        u = d.say(USER, q, t + float(rng.uniform(0.4, 0.9)))
+        gap_s = _gap(rng)
+        d.event("user_end", u.end, u.text, gap=gap_s)
+        d.say(ASSISTANT, a, u.end + gap_s)
+    d.event("monologue", 0.0, end=t)
+
+
 SCENARIOS: dict[str, Callable[[Dialogue, Phrasebook, np.random.Generator], None]] = {
     "turn_taking": turn_taking,
     "pause": pause,
@@ -1051,6 +1232,7 @@ SCENARIOS: dict[str, Callable[[Dialogue, Phrasebook, np.random.Generator], None]
     "typed_text": typed_text,
     "refusal": refusal,
     "noise_silence": noise_silence,
+    "monologue": monologue,
 }
 
 # --------------------------------------------------------------------------- clips
@@ -1062,7 +1244,7 @@ class Clip:
     audio: np.ndarray  # (n, 2) float32, channel 0 assistant, channel 1 user
     alignments: list[list[object]]  # [word, [start, end], speaker], sorted by start
     events: list[dict[str, object]]  # sorted by time
-    voices: dict[str, Voice]
+    voices: dict[str, Speaker]
 
     @property
     def duration(self) -> float:

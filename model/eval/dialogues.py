@@ -11,9 +11,11 @@ task is about (FD-bench scores take-over over the whole output):
   `INTERRUPT_TAIL_S` for the model to stop and respond.
 - timespeak: the request and the whole timed stretch up to the user's "stop" plus a second.
 
-Backchannel clips of FD-bench are user monologues the model should backchannel into; our
-generator's backchannel scenario is the reverse (the user backchannels while the model
-talks), so it is not exported and the report says so.
+- synthetic_backchannel: FD-bench's backchannel task, from the `monologue` scenario: the
+  user's multi-sentence telling up to its last sentence plus `STOP_TAIL_S` (input.wav alone,
+  with our `backchannel.json` of the user's pauses, where a listener's "mhm" belongs). The
+  generator's `backchannel` scenario is the reverse (the user backchannels while the model
+  talks) and is not exported.
 
     python -m model.eval.dialogues --dialogues data/synth/heldout --root data/fdbench-heldout
 """
@@ -49,7 +51,7 @@ def export_fdbench(dialogues: Path, root: Path, max_per_task: int | None = None)
         for ev in events:
             first.setdefault(ev["type"], ev)
         scenario = meta.get("scenario", "")
-        task, end, files = _task_for(scenario, first)
+        task, end, files = _task_for(scenario, first, events)
         if task is None or (max_per_task is not None and counts[task] >= max_per_task):
             continue
         audio, sr = sf.read(str(wav), dtype="float32", always_2d=True)
@@ -64,7 +66,7 @@ def export_fdbench(dialogues: Path, root: Path, max_per_task: int | None = None)
     return counts
 
 
-def _task_for(scenario: str, ev: dict[str, dict]) -> tuple[str | None, float, dict[str, object]]:
+def _task_for(scenario: str, ev: dict[str, dict], events: list[dict]) -> tuple[str | None, float, dict[str, object]]:
     if scenario == "pause" and "pause" in ev and "user_end" in ev:
         p = ev["pause"]
         return (
@@ -91,6 +93,9 @@ def _task_for(scenario: str, ev: dict[str, dict]) -> tuple[str | None, float, di
         t = ev["timespeak"]
         spec = {k: t[k] for k in ("request", "period_s", "start", "stop", "expected_onsets")}
         return "timespeak", ev["stop"]["end"] + STOP_TAIL_S, {"timespeak.json": spec}
+    if scenario == "monologue" and "monologue" in ev:
+        pauses = [[e["time"], e["end"]] for e in events if e["type"] == "monologue_pause"]
+        return "synthetic_backchannel", ev["monologue"]["end"] + STOP_TAIL_S, {"backchannel.json": {"times": pauses}}
     return None, 0.0, {}
 
 

@@ -74,9 +74,12 @@ class ClipRun:
 
 
 def clip_request(clip: Clip) -> str:
-    """Typed text the system gets with the clip: the TimeSpeak request, else nothing."""
-    if clip.kind == "timespeak":
-        return str(clip.meta().get("request", ""))
+    """Typed text the system gets with the clip: a TimeSpeak request marked `"typed": true`
+    (input.wav does not speak it), else nothing. Our dialogue clips speak the request, as the
+    training data does, so it is heard, not typed."""
+    meta = clip.meta() if clip.kind == "timespeak" else None
+    if meta and meta.get("typed"):
+        return str(meta.get("request", ""))
     return ""
 
 

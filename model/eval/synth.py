@@ -150,6 +150,7 @@ def timespeak_clip(
         "start": start,
         "stop": stop,
         "expected_onsets": expected,
+        "typed": True,
     }
     audio = np.zeros(round(duration * sample_rate), dtype=np.float32)
     return write_clip(root, task, clip_id, audio, sample_rate, {"timespeak.json": meta})

@@ -9,9 +9,15 @@ Alignment of streams to the sequence (DESIGN.md §5):
   falls in turn k.
 - OUT_k is what the model plays during turn k+1 (it can only react to audio it has heard):
   its output slot j is trained on the assistant's mel frames of [0.2(k+1) + 0.05j, +0.05),
-  its text target is the inner-monologue token placed at that position: the BPE tokens of an
-  assistant word start at the position where the word starts (Moshi-style, slightly ahead of
-  the sound), `<delegate>` at a delegation event, `<pad>` elsewhere.
+  its text target is the inner monologue (`<pad>` elsewhere): an assistant *turn* (words with
+  less than TURN_GAP_S of silence between them) is packed as one run of BPE tokens starting
+  LEAD_POSITIONS before its first word's onset (the text leads the sound, as in Moshi) and
+  ended by `<eot>`, so a reply is one timing decision, not one per word; `<delegate>` sits at a
+  delegation event. The first token of a turn is weighted FIRST_TOKEN_WEIGHT in the loss: it is
+  the decision to speak.
+- Output position j of OUT_k also has turn-state targets (voice-activity projection): is the
+  assistant's voice active in that position's 50 ms, and, while silent, does a turn start
+  within the next ONSET_HORIZON positions.
 - User-audio position i of turn k has a caption target: each user word's tokens are emitted
   from the first position that ends at or after the word's end (causal captions).
 """
@@ -34,6 +40,14 @@ from model.tokenizer import Tokenizer
 
 ASSISTANT = "SPEAKER_MAIN"
 USER = "SPEAKER_USER"
+
+TURN_GAP_S = 0.7  # assistant silence that ends a turn (longer than espeak-ng/flite sentence pauses)
+LEAD_POSITIONS = 1  # the monologue's first token leads the turn's sound by one position (50 ms)
+# The monologue and captions are mostly <pad>; Moshi likewise down-weights padding so the rare
+# real tokens are learned instead of a blanket "always pad".
+PAD_WEIGHT = 0.2
+FIRST_TOKEN_WEIGHT = 4.0  # loss weight of a turn's first token, the decision to speak
+ONSET_HORIZON = 4  # positions (200 ms) ahead that the onset target looks
 
 
 class DatasetError(ValueError):
@@ -96,6 +110,8 @@ class Example:
     text_target: torch.Tensor  # (1, T) at MODEL_OUT positions
     caption_target: torch.Tensor  # (1, T) at USER_AUDIO positions
     mel_target: torch.Tensor  # (1, T, mel_dim) unit-space mel at MODEL_OUT positions
+    text_weight: torch.Tensor  # (1, T) loss weight of each text target (0 where there is none)
+    turn_target: torch.Tensor  # (1, T, 2) {voice active, onset soon} at MODEL_OUT positions, -1 elsewhere
     n_turns: int
 
 
@@ -126,12 +142,21 @@ def build_example(
     out_text = [tok.pad_id] * n_out_positions
     captions: dict[int, list[int]] = {}  # user position index -> tokens
     base = (start + 1) * cfg.micro_turn_ms / 1000  # time of output position 0 of the crop
-    for word, ws, we, spk in clip.words:
+    for ev in clip.events:  # placed first: a turn's packed tokens flow around it
+        if ev.get("type") == "delegate":
+            t = float(ev.get("time", 0.0))  # type: ignore[arg-type]
+            _place(out_text, _floor((t - base) / pos_s), [tok.delegate_id], tok.pad_id)
+    first_at: set[int] = set()  # output positions holding a turn's first token
+    turns = assistant_turns(clip.words)
+    for turn in turns:
+        ids = [i for w in turn for i in tok.encode(" " + w[0])] + [tok.eot_id]
+        first = _place(out_text, _floor((turn[0][1] - base) / pos_s) - LEAD_POSITIONS, ids, tok.pad_id)
+        if first is not None:
+            first_at.add(first)
+    voice, onset = _turn_state(turns, base, pos_s, n_out_positions)
+    for word, _ws, we, spk in clip.words:
         ids = tok.encode(" " + word)
-        if spk == ASSISTANT:
-            j = _floor((ws - base) / pos_s)
-            _place(out_text, j, ids, tok.pad_id)
-        elif spk == USER:
+        if spk == USER:
             i = _ceil((we - start * cfg.micro_turn_ms / 1000) / pos_s) - 1
             captions.setdefault(max(i, 0), []).extend(ids)
     user_text: dict[int, list[int]] = {}
@@ -141,9 +166,7 @@ def build_example(
         k = _floor(t / (cfg.micro_turn_ms / 1000)) - start
         text = str(ev.get("text", ""))
         kind = ev.get("type")
-        if kind == "delegate":
-            _place(out_text, _floor((t - base) / pos_s), [tok.delegate_id], tok.pad_id)
-        elif kind == "background_result" and 0 <= k < end - start:
+        if kind == "background_result" and 0 <= k < end - start:
             bg_text.setdefault(k, []).extend([tok.bg_id, *tok.encode(text)])
         elif kind == "typed_text" and 0 <= k < end - start:
             user_text.setdefault(k, []).extend(tok.encode(text))
@@ -151,6 +174,8 @@ def build_example(
     cap_flat = _spread(captions, (end - start) * P, tok.pad_id)
     parts: list[Positions] = []
     text_t: list[int] = []
+    weight_t: list[float] = []
+    turn_t: list[tuple[float, float]] = []
     cap_t: list[int] = []
     mel_t: list[torch.Tensor] = []
     next_pos = 0
@@ -172,6 +197,8 @@ def build_example(
         next_pos += n_in
         cap_t += cap_flat[k * P : (k + 1) * P] + [-100] * (n_in - P)
         text_t += [-100] * n_in
+        weight_t += [0.0] * n_in
+        turn_t += [(-1.0, -1.0)] * n_in
         mel_t += [torch.zeros(cfg.mel_dim)] * n_in
         for j in range(P):
             o = (k + 1) * P + j  # output position index into the assistant's frames
@@ -179,6 +206,8 @@ def build_example(
             next_pos += 1
             target_tok = out_text[k * P + j]
             text_t.append(target_tok)
+            weight_t.append(_text_weight(target_tok, k * P + j in first_at, tok.pad_id))
+            turn_t.append((voice[k * P + j], onset[k * P + j]))
             cap_t.append(-100)
             mel_t.append(unit[o * Fp : (o + 1) * Fp].reshape(-1))
             prev_tok, prev_bins = target_tok, asst_bins[o * Fp : (o + 1) * Fp]
@@ -188,8 +217,44 @@ def build_example(
         text_target=torch.tensor([text_t]),
         caption_target=torch.tensor([cap_t]),
         mel_target=torch.stack(mel_t)[None],
+        text_weight=torch.tensor([weight_t]),
+        turn_target=torch.tensor([turn_t]),
         n_turns=end - start,
     )
+
+
+def assistant_turns(words: list[tuple[str, float, float, str]]) -> list[list[tuple[str, float, float, str]]]:
+    """The assistant's words grouped into turns: a silence of TURN_GAP_S or more starts a new one."""
+    turns: list[list[tuple[str, float, float, str]]] = []
+    for w in sorted((w for w in words if w[3] == ASSISTANT), key=lambda w: w[1]):
+        if turns and w[1] - max(x[2] for x in turns[-1]) < TURN_GAP_S:
+            turns[-1].append(w)
+        else:
+            turns.append([w])
+    return turns
+
+
+def _turn_state(
+    turns: list[list[tuple[str, float, float, str]]], base: float, pos_s: float, n: int
+) -> tuple[list[float], list[float]]:
+    """Per output position: voice active (a word overlaps its 50 ms) and onset within ONSET_HORIZON."""
+    voice = [0.0] * n
+    for turn in turns:
+        for _, ws, we, _ in turn:
+            for j in range(max(0, _floor((ws - base) / pos_s)), min(n, _ceil((we - base) / pos_s))):
+                voice[j] = 1.0
+    onset = [0.0] * n
+    for turn in turns:
+        j0 = _floor((turn[0][1] - base) / pos_s)
+        for j in range(max(0, j0 - ONSET_HORIZON), min(n, j0 + 1)):
+            onset[j] = 1.0
+    return voice, onset
+
+
+def _text_weight(target: int, first: bool, pad: int) -> float:
+    if target == pad:
+        return PAD_WEIGHT
+    return FIRST_TOKEN_WEIGHT if first else 1.0
 
 
 def collate(examples: list[Example]) -> Example:
@@ -204,6 +269,8 @@ def collate(examples: list[Example]) -> Example:
         text_target=torch.cat([pad(e.text_target, -100) for e in examples]),
         caption_target=torch.cat([pad(e.caption_target, -100) for e in examples]),
         mel_target=torch.cat([pad(e.mel_target, 0.0) for e in examples]),
+        text_weight=torch.cat([pad(e.text_weight, 0.0) for e in examples]),
+        turn_target=torch.cat([pad(e.turn_target, -1.0) for e in examples]),
         n_turns=sum(e.n_turns for e in examples),
     )
 
@@ -220,14 +287,18 @@ def _ceil(x: float) -> int:
     return math.ceil(x - _SNAP)
 
 
-def _place(seq: list[int], j: int, ids: list[int], pad: int) -> None:
-    """Write ids from index j on, shifting right past positions already taken."""
-    for tok_id in ids:
+def _place(seq: list[int], j: int, ids: list[int], pad: int) -> int | None:
+    """Write ids from index j on, shifting right past positions already taken; returns where
+    the first id landed (None if outside the sequence)."""
+    first = None
+    for n, tok_id in enumerate(ids):
         while 0 <= j < len(seq) and seq[j] != pad:
             j += 1
         if 0 <= j < len(seq):
             seq[j] = tok_id
+            first = j if n == 0 else first
         j += 1
+    return first
 
 
 def _spread(at: dict[int, list[int]], n: int, pad: int) -> list[int]:

@@ -6,11 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from model.interaction import InteractionModel
-from model.train.dataset import Example
-
-# The inner monologue and captions are mostly <pad>; Moshi likewise down-weights padding so the
-# rare real tokens are learned instead of a blanket "always pad".
-PAD_WEIGHT = 0.2
+from model.train.dataset import PAD_WEIGHT, Example
 
 
 def compute_losses(
@@ -22,9 +18,20 @@ def compute_losses(
     losses: dict[str, torch.Tensor] = {}
 
     text_mask = batch.text_target >= 0
-    losses["text"] = _weighted_ce(model.text_head(h[text_mask]), batch.text_target[text_mask])
+    losses["text"] = _weighted_ce(
+        model.text_head(h[text_mask]), batch.text_target[text_mask], batch.text_weight[text_mask]
+    )
     cap_mask = batch.caption_target >= 0
-    losses["caption"] = _weighted_ce(model.caption_head(h[cap_mask]), batch.caption_target[cap_mask])
+    cap = batch.caption_target[cap_mask]
+    losses["caption"] = _weighted_ce(model.caption_head(h[cap_mask]), cap, torch.where(cap == 0, PAD_WEIGHT, 1.0))
+    turn_target = batch.turn_target[text_mask]  # (N, 2)
+    turn_valid = turn_target >= 0
+    turn_logits = model.turn_head(h[text_mask]).float()  # (N, 2)
+    losses["turn"] = (
+        F.binary_cross_entropy_with_logits(turn_logits[turn_valid], turn_target[turn_valid])
+        if bool(turn_valid.any())
+        else turn_logits.sum() * 0.0
+    )
 
     cond = model.flow_cond(h[text_mask], batch.text_target[text_mask])  # teacher-forced token
     target = batch.mel_target[text_mask]  # (N, mel_dim)
@@ -38,9 +45,8 @@ def compute_losses(
     return losses
 
 
-def _weighted_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if target.numel() == 0:
         return logits.sum() * 0.0
-    weight = torch.where(target == 0, PAD_WEIGHT, 1.0)  # id 0 is <pad>
     ce = F.cross_entropy(logits.float(), target, reduction="none")
     return (ce * weight).sum() / weight.sum()

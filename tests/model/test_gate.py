@@ -141,6 +141,34 @@ def test_session_applies_the_gate_and_keeps_state_per_turn(tokenizer: Tokenizer)
     assert n_gated > 0  # the gate changed something versus argmax on these weights
 
 
+def test_voice_threshold_decides_what_is_audible() -> None:
+    gates = [GateConfig(start=0.5, voice=0.6)] * 4 + [GateConfig(start=0.5)]
+    g = batch_gate(gates)
+    p_voice = torch.tensor([0.7, 0.5, 0.5, 0.61, 0.01])
+    turn_logits = torch.stack([torch.logit(p_voice), torch.zeros(5)], dim=-1)  # (B, 2)
+    speaking = torch.tensor([False, False, True, False, False])
+    # active voice plays; a quiet voice is silence unless the text gate is speaking; no voice
+    # threshold (None) always plays, as before the turn head
+    assert g.audible(turn_logits, speaking).tolist() == [True, False, True, True, True]
+
+
+def test_session_plays_silence_where_the_turn_head_says_so(tokenizer: Tokenizer) -> None:
+    torch.manual_seed(0)
+    model = InteractionModel(micro_config()).eval()
+    never = GateConfig(start=1.0, keep=1.0)  # the text gate never starts (p(not pad) < 1)
+    with torch.no_grad():
+        model.turn_head.weight.zero_()
+        model.turn_head.bias.copy_(torch.tensor([-8.0, -8.0]))  # p(voice) ~ 3e-4
+    rms = {}
+    for label, gate in (("muted", GateConfig(start=1.0, keep=1.0, voice=0.5)), ("open", never)):
+        sess = InteractionSession(model, tokenizer, seed=3)
+        sess.state.gate = gate
+        audio = np.concatenate([np.frombuffer(sess.step(_speech(k)).audio, dtype="<f4") for k in range(4)])
+        rms[label] = float(np.sqrt(np.mean(audio**2)))
+    assert rms["open"] > 1e-3  # random weights babble
+    assert rms["muted"] < rms["open"] / 30
+
+
 def test_deterministic_mode_with_temperature_is_bitwise_batch_invariant(tokenizer: Tokenizer) -> None:
     torch.manual_seed(0)
     model = InteractionModel(micro_config(deterministic=True, gate=GateConfig(start=0.5, keep=0.2, temperature=0.8)))
@@ -198,4 +226,9 @@ def test_old_checkpoint_without_gate_loads_as_argmax_and_write_gate_stores_thres
     assert cfg.gate == GateConfig(start=0.25, keep=0.1)
     again = load_checkpoint(tmp_path)  # manifest still verifies
     assert again.config.gate == GateConfig(start=0.25, keep=0.1)
-    assert json.loads((tmp_path / CONFIG).read_text())["gate"] == {"start": 0.25, "keep": 0.1, "temperature": 0.0}
+    assert json.loads((tmp_path / CONFIG).read_text())["gate"] == {
+        "start": 0.25,
+        "keep": 0.1,
+        "temperature": 0.0,
+        "voice": None,
+    }

@@ -240,31 +240,34 @@ def test_noise_and_long_silences(clips: dict[str, list[ClipFiles]]) -> None:
 
 
 def test_heldout_voices_are_disjoint() -> None:
-    train, held = sc.VOICES["train"], sc.VOICES["heldout"]
-    for role in sc.ROLES:
-        assert not set(train[role].names()) & set(held[role].names())
-    names = {split: {n for role in sc.ROLES for n in sc.VOICES[split][role].names()} for split in ("train", "heldout")}
-    assert not names["train"] & names["heldout"]
-    # variants and accents differ too, not just their combinations; user != assistant
-    variants = {(s, r): set(sc.VOICES[s][r].variants) for s in ("train", "heldout") for r in sc.ROLES}
-    languages = {s: {lang for r in sc.ROLES for lang in sc.VOICES[s][r].languages} for s in ("train", "heldout")}
-    assert not languages["train"] & languages["heldout"]
-    pairs = list(variants)
-    for i, a in enumerate(pairs):
-        for b in pairs[i + 1 :]:
-            assert not variants[a] & variants[b], (a, b)
-    used = set().union(*variants.values())
-    assert not used & set(sc.EXCLUDED_VARIANTS)
+    train, held = sc.VOICES["train"][sc.USER], sc.VOICES["heldout"][sc.USER]
+    assert not set(train.names()) & set(held.names())
+    # users come from two synthesizer families in both splits
+    for pool in (train, held):
+        assert pool.espeak is not None and pool.flite is not None and 0 < pool.flite_share < 1
+    # espeak-ng variants and accents differ too, not just their combinations
+    assert train.espeak is not None and held.espeak is not None
+    assert not set(train.espeak.languages) & set(held.espeak.languages)
+    assert not set(train.espeak.variants) & set(held.espeak.variants)
+    assert not (set(train.espeak.variants) | set(held.espeak.variants)) & set(sc.EXCLUDED_VARIANTS)
+    # the assistant is the model's own voice: one flite voice, never a user's
+    assistant = {n for split in ("train", "heldout") for n in sc.VOICES[split][sc.ASSISTANT].names()}
+    assert assistant == {"flite:slt"}
+    assert not assistant & (set(train.names()) | set(held.names()))
     assert sc.VOICES["valid"] is sc.VOICES["train"]
 
 
 def test_all_pool_voices_exist() -> None:
     from model.data.espeak import check_voice
+    from model.data.flite import list_voices
 
     for split in ("train", "heldout"):
         for role in sc.ROLES:
             for name in sc.VOICES[split][role].names():
-                check_voice(name)
+                if name.startswith("flite:"):
+                    assert name.removeprefix("flite:") in list_voices()
+                else:
+                    check_voice(name)
 
 
 def test_heldout_phrasings_are_disjoint() -> None:
@@ -279,7 +282,9 @@ def test_clips_use_their_split_voices(clips: dict[str, list[ClipFiles]]) -> None
     for split, pools in (("train", sc.VOICES["train"]), ("heldout", sc.VOICES["heldout"])):
         for clip in clips[split]:
             for role in sc.ROLES:
-                assert clip.meta["voices"][role]["name"] in pools[role].names()
+                voice = clip.meta["voices"][role]
+                name = f"flite:{voice['name']}" if voice.get("engine") == "flite" else voice["name"]
+                assert name in pools[role].names()
 
 
 # ----------------------------------------------------------------------------- determinism and errors
