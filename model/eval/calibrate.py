@@ -1,21 +1,27 @@
 """Calibrate the speak gate (model/gate.py) of a checkpoint on a validation root.
 
     python -m model.eval.calibrate --checkpoint checkpoints/tiny --root data/fdbench-heldout-val \\
-        [--starts 0.05,0.1,...] [--keep-ratios 1,0.5,0.25] [--pause-max 0.10] [--write] [--out DIR]
+        [--starts 0.05,0.1,...] [--keep-ratios 1,0.5,0.25] [--voices none,0.3,0.5,0.7] \\
+        [--pause-max 0.10] [--backchannel-max 0.15] [--write] [--out DIR]
 
-Every (start, keep) candidate runs on every clip of the pause-handling, smooth turn-taking and
-user-interruption tasks; the candidates (and greedy argmax, the checkpoint's behaviour before
-the gate) are the rows of ONE batch per clip, so a sweep costs one pass over the clips at a
-larger batch. Each row is scored like `microturn eval` scores the model offline (words from
-the text stream timed by the energy VAD of the output audio; scoring.score_output).
+Every (start, keep) x voice candidate runs on every clip of the pause-handling, smooth
+turn-taking, user-interruption and backchannel tasks; the candidates (and greedy argmax, the
+checkpoint's behaviour before the gate) are the rows of ONE batch per clip, so a sweep costs
+one pass over the clips at a larger batch. Each row is scored like `microturn eval` scores the
+model offline (words from the text stream timed by the energy VAD of the output audio;
+scoring.score_output). `voice` is the turn head's p(own voice active) a position needs to stay
+audible while the text gate is silent (`none` = the old behaviour: always audible).
 
 Choice: among candidates whose pause take-over rate is <= `--pause-max` (the issue's target,
-0.10; the 600 ms VAD harness takes over in every pause), the highest smooth turn-taking TOR,
-then the highest interruption TOR, then the lowest turn-taking latency p50, then the highest
-start (the most conservative). When no candidate meets the pause bound, the lowest pause TOR
-wins and the table says so. The table (the curve) is printed and written to
-`--out`/calibration.md + .json; `--write` stores the chosen thresholds in the checkpoint's
-config.json (and its manifest checksum).
+0.10; the 600 ms VAD harness takes over in every pause) and whose backchannel take-over rate is
+<= `--backchannel-max` (skipped when the root has no backchannel clips), the highest smooth
+turn-taking TOR, then the highest interruption TOR, then the lowest interruption stop latency
+p50 (how long it keeps talking after the user barges in; metrics.stop_latency), then the
+lowest turn-taking latency p50, then the most conservative (highest start, then highest
+voice). When no candidate meets the bounds, the lowest pause TOR + backchannel TOR wins and the
+table says so. The table (the curve) is printed and written to `--out`/calibration.md + .json;
+`--write` stores the chosen thresholds (start, keep, voice) in the checkpoint's config.json
+(and its manifest checksum).
 
 The validation root must not be the held-out test root: `make checkpoint` builds the test
 split from `--split heldout --seed 1`; calibrate on another seed (the recipe uses seed 2).
@@ -36,6 +42,7 @@ import numpy as np
 
 from model.config import GateConfig
 from model.eval.layout import SAMPLE_RATE, LayoutError, discover, read_audio_16k
+from model.eval.metrics import TurnScore
 from model.eval.runner import ClipInput, clip_request, run_model_rows
 from model.eval.scoring import score_output
 from model.eval.vad import DEFAULT_VAD, speech_segments
@@ -43,8 +50,17 @@ from model.eval.words import Word, group_words, snap_to_speech
 
 DEFAULT_STARTS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 DEFAULT_KEEP_RATIOS = (1.0, 0.5, 0.25)
-KINDS = ("pause_handling", "smooth_turn_taking", "user_interruption")
+DEFAULT_VOICES: tuple[float | None, ...] = (None, 0.3, 0.5, 0.7)
+KINDS = ("pause_handling", "smooth_turn_taking", "user_interruption", "backchannel")
 PAUSE_MAX = 0.10
+BACKCHANNEL_MAX = 0.15
+_TOL = 1e-9
+
+
+def gate_label(g: GateConfig) -> str:
+    if g.greedy:
+        return "argmax"
+    return f"{g.start:g} / {g.keep_threshold:g} / " + ("none" if g.voice is None else f"{g.voice:g}")
 
 
 @dataclass
@@ -52,11 +68,11 @@ class Candidate:
     gate: GateConfig
     tor: dict[str, list[int]] = field(default_factory=lambda: {k: [] for k in KINDS})
     latency: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    stop: list[float] = field(default_factory=list)  # interruption stop latencies (where it was talking)
 
     @property
     def label(self) -> str:
-        g = self.gate
-        return "argmax" if g.greedy else f"{g.start:g} / {g.keep_threshold:g}"
+        return gate_label(self.gate)
 
     def rate(self, kind: str) -> float | None:
         xs = self.tor[kind]
@@ -74,12 +90,15 @@ class Candidate:
         return {
             "start": g.start,
             "keep": g.keep_threshold,
+            "voice": g.voice,
             "pause_tor": self.rate("pause_handling"),
             "turn_tor": self.rate("smooth_turn_taking"),
             "turn_latency_p50": self.lat("smooth_turn_taking", 0.5),
             "turn_latency_p90": self.lat("smooth_turn_taking", 0.9),
             "interrupt_tor": self.rate("user_interruption"),
             "interrupt_latency_p50": self.lat("user_interruption", 0.5),
+            "stop_latency_p50": float(np.quantile(self.stop, 0.5)) if self.stop else None,
+            "backchannel_tor": self.rate("backchannel"),
         }
 
 
@@ -94,8 +113,7 @@ class SavedCandidate:
 
     @property
     def label(self) -> str:
-        g = self.gate
-        return "argmax" if g.greedy else f"{g.start:g} / {g.keep_threshold:g}"
+        return gate_label(self.gate)
 
     def counts(self) -> dict[str, int]:
         return self.clips
@@ -108,22 +126,42 @@ AnyCandidate = Candidate | SavedCandidate
 
 
 def load_table(path: Path) -> list[SavedCandidate]:
+    """Rows of a saved calibration.json; tables from before the voice sweep (no `voice`,
+    `stop_latency_p50`, `backchannel_tor`) load with those as None."""
     data = json.loads(Path(path).read_text())
-    clips = data.get("clips", {k: 0 for k in KINDS})
+    clips = {k: 0 for k in KINDS} | data.get("clips", {})
     out = []
     for r in data["rows"]:
-        gate = GateConfig() if r["start"] is None else GateConfig(start=r["start"], keep=r["keep"])
+        r = {"voice": None, "stop_latency_p50": None, "backchannel_tor": None} | r
+        voice = r["voice"]
+        gate = (
+            GateConfig(voice=voice) if r["start"] is None else GateConfig(start=r["start"], keep=r["keep"], voice=voice)
+        )
         out.append(SavedCandidate(gate, r, clips))
     return out
 
 
-def candidates(starts: Sequence[float], keep_ratios: Sequence[float]) -> list[GateConfig]:
+def parse_voices(text: str) -> list[float | None]:
+    """`none,0.3,0.5` -> [None, 0.3, 0.5] (`none` = no voice gate: always audible)."""
+    out: list[float | None] = []
+    for x in text.split(","):
+        x = x.strip()
+        if x:
+            out.append(None if x.lower() == "none" else float(x))
+    return out
+
+
+def candidates(
+    starts: Sequence[float], keep_ratios: Sequence[float], voices: Sequence[float | None] = (None,)
+) -> list[GateConfig]:
+    """(start, keep = start x ratio) x voice, in that order, without duplicates."""
     out: list[GateConfig] = []
     for s in starts:
         for r in keep_ratios:
-            g = GateConfig(start=s, keep=round(s * r, 6))
-            if g not in out:
-                out.append(g)
+            for v in voices:
+                g = GateConfig(start=s, keep=round(s * r, 6), voice=v)
+                if g not in out:
+                    out.append(g)
     return out
 
 
@@ -141,7 +179,7 @@ def sweep(
     rows = [Candidate(GateConfig()), *(Candidate(g) for g in gates)]
     clips = [c for c in discover(root, tasks) if c.kind in KINDS]
     if not clips:
-        raise LayoutError(f"{root}: no pause / turn-taking / interruption clips to calibrate on")
+        raise LayoutError(f"{root}: no pause / turn-taking / interruption / backchannel clips to calibrate on")
     model, tok = checkpoint.model, checkpoint.tokenizer
     pos_s = model.cfg.position_ms / 1000
     t0 = time.perf_counter()
@@ -155,36 +193,49 @@ def sweep(
             words = [Word(w.text, w.start, min(w.end, duration)) for w in group_words(tokens, tok, pos_s)]
             score, _ = score_output(clip, snap_to_speech(words, segments).words, segments, duration)
             cand.tor[clip.kind].append(score.tor)
-            if score.tor and score.latency is not None:
-                cand.latency[clip.kind].append(score.latency)
+            if isinstance(score, TurnScore):  # backchannel scores carry no latency
+                if score.tor and score.latency is not None:
+                    cand.latency[clip.kind].append(score.latency)
+                if score.stop_latency is not None:
+                    cand.stop.append(score.stop_latency)
         log(f"calibrate: {i}/{len(clips)} {clip.task}/{clip.clip_id} ({time.perf_counter() - t0:.0f} s)")
         if on_clip is not None:
             on_clip(rows)
     return rows
 
 
-def choose(rows: Sequence[AnyCandidate], pause_max: float = PAUSE_MAX) -> tuple[AnyCandidate, bool]:
-    """(the chosen gated candidate, whether it meets the pause bound); see module doc."""
+def choose(
+    rows: Sequence[AnyCandidate], pause_max: float = PAUSE_MAX, backchannel_max: float = BACKCHANNEL_MAX
+) -> tuple[AnyCandidate, bool]:
+    """(the chosen gated candidate, whether it meets the pause and backchannel bounds); see
+    module doc. A missing rate (no clips of that kind) never fails its bound."""
     gated = [c for c in rows if not c.gate.greedy]
 
     def pause(c: AnyCandidate) -> float:
-        return c.row()["pause_tor"] or 0.0
+        return c.row().get("pause_tor") or 0.0
+
+    def backchannel(c: AnyCandidate) -> float:
+        return c.row().get("backchannel_tor") or 0.0
 
     def key(c: AnyCandidate) -> tuple[float, ...]:
         r = c.row()
-        lat = r["turn_latency_p50"]
+        lat = r.get("turn_latency_p50")
+        # no stop latency = it was silent at every interruption start: nothing to stop
+        stop = r.get("stop_latency_p50") or 0.0
         return (
-            r["turn_tor"] or 0.0,
-            r["interrupt_tor"] or 0.0,
+            r.get("turn_tor") or 0.0,
+            r.get("interrupt_tor") or 0.0,
+            -stop,
             -(lat if lat is not None else 1e9),
             c.gate.start or 0.0,
+            -1.0 if c.gate.voice is None else c.gate.voice,  # None plays everything: least conservative
         )
 
-    ok = [c for c in gated if pause(c) <= pause_max + 1e-9]
+    ok = [c for c in gated if pause(c) <= pause_max + _TOL and backchannel(c) <= backchannel_max + _TOL]
     if ok:
         return max(ok, key=key), True
-    best_pause = min(pause(c) for c in gated)
-    return max((c for c in gated if pause(c) <= best_pause + 1e-9), key=key), False
+    best = min(pause(c) + backchannel(c) for c in gated)
+    return max((c for c in gated if pause(c) + backchannel(c) <= best + _TOL), key=key), False
 
 
 def harness_pause_tor(root: Path, tasks: list[str] | None = None) -> float:
@@ -207,28 +258,37 @@ def render(rows: Sequence[AnyCandidate], chosen: AnyCandidate, met: bool, meta: 
     def f(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.2f}"
 
-    n = rows[0].counts()
+    n = {k: 0 for k in KINDS} | rows[0].counts()
     lines = ["# Speak-gate calibration", ""] + [f"- {k}: {v}" for k, v in meta.items()]
     lines += [
         "",
         f"Clips: {n['pause_handling']} pause handling, {n['smooth_turn_taking']} smooth turn-taking, "
-        f"{n['user_interruption']} user interruption. Latencies in seconds over clips with a take-over.",
+        f"{n['user_interruption']} user interruption, {n['backchannel']} backchannel. Latencies in seconds "
+        "over clips with a take-over; stop latency over interruption clips where the model was talking "
+        "when the user started. Voice `none` = always audible.",
         "",
-        "| start / keep | pause TOR (low) | turn TOR (high) | turn latency p50 | p90 | interruption TOR | "
-        "interruption latency p50 | |",
-        "|---|---|---|---|---|---|---|---|",
+        "| start / keep / voice | pause TOR (low) | backchannel TOR (low) | turn TOR (high) | turn latency p50 | "
+        "p90 | interruption TOR | interruption latency p50 | stop latency p50 (low) | |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in rows:
         r = c.row()
         mark = "**chosen**" if c is chosen else ""
         lines.append(
-            f"| {c.label} | {f(r['pause_tor'])} | {f(r['turn_tor'])} | {f(r['turn_latency_p50'])} | "
-            f"{f(r['turn_latency_p90'])} | {f(r['interrupt_tor'])} | {f(r['interrupt_latency_p50'])} | {mark} |"
+            f"| {c.label} | {f(r.get('pause_tor'))} | {f(r.get('backchannel_tor'))} | {f(r.get('turn_tor'))} | "
+            f"{f(r.get('turn_latency_p50'))} | {f(r.get('turn_latency_p90'))} | {f(r.get('interrupt_tor'))} | "
+            f"{f(r.get('interrupt_latency_p50'))} | {f(r.get('stop_latency_p50'))} | {mark} |"
         )
+    g = chosen.gate
+    voice = "none" if g.voice is None else f"{g.voice:g}"
     lines += [
         "",
-        f"Chosen: start {chosen.gate.start:g}, keep {chosen.gate.keep_threshold:g} "
-        + ("(meets the pause bound)." if met else "(NO candidate met the pause bound: lowest pause TOR chosen)."),
+        f"Chosen: start {g.start:g}, keep {g.keep_threshold:g}, voice {voice} "
+        + (
+            "(meets the pause and backchannel bounds)."
+            if met
+            else "(NO candidate met the pause and backchannel bounds: lowest pause + backchannel TOR chosen)."
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -240,16 +300,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.eval.calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, type=Path)
     ap.add_argument("--root", required=True, type=Path, help="validation root (FD-bench layout), not the test root")
-    ap.add_argument("--tasks", nargs="+", help="task directories (default: every pause/turn/interruption task)")
+    ap.add_argument(
+        "--tasks", nargs="+", help="task directories (default: every pause/turn/interruption/backchannel task)"
+    )
     ap.add_argument("--starts", default=",".join(map(str, DEFAULT_STARTS)), help="comma-separated start thresholds")
     ap.add_argument(
         "--keep-ratios", default=",".join(map(str, DEFAULT_KEEP_RATIOS)), help="keep = start x ratio, comma-separated"
+    )
+    ap.add_argument(
+        "--voices",
+        default=",".join("none" if v is None else str(v) for v in DEFAULT_VOICES),
+        help="turn-head p(voice active) thresholds, comma-separated; 'none' = always audible (the old behaviour)",
     )
     ap.add_argument(
         "--pause-max",
         default=str(PAUSE_MAX),
         help="pause take-over bound: a number (default 0.10, the issue's target) or 'smart-turn' (the Silero VAD + "
         "Smart Turn harness's own pause take-over rate on the same clips)",
+    )
+    ap.add_argument(
+        "--backchannel-max",
+        type=float,
+        default=BACKCHANNEL_MAX,
+        help="backchannel take-over bound (default 0.15; ignored when the root has no backchannel clips)",
     )
     ap.add_argument("--table", type=Path, help="re-choose from a saved calibration.json instead of sweeping")
     ap.add_argument("--seed", type=int, default=0)
@@ -264,11 +337,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, LayoutError) as e:
         print(f"error: --pause-max: {e}", file=sys.stderr)
         return 2
+    bc_max = args.backchannel_max
 
     def partial(rows: list[Candidate]) -> None:  # the table so far, so a long sweep can be read while it runs
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            chosen, met = choose(rows, pause_max)
+            chosen, met = choose(rows, pause_max, bc_max)
             (args.out / "calibration.partial.md").write_text(render(rows, chosen, met, {"partial": True}))
 
     rows: Sequence[AnyCandidate]
@@ -278,18 +352,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             starts = [float(x) for x in args.starts.split(",") if x.strip()]
             ratios = [float(x) for x in args.keep_ratios.split(",") if x.strip()]
+            gates = candidates(starts, ratios, parse_voices(args.voices))
+            if not gates:
+                raise ValueError("no candidates: --starts, --keep-ratios and --voices must each list one")
             ck = load_checkpoint(args.checkpoint)
-            rows = sweep(ck, args.root, candidates(starts, ratios), args.tasks, args.seed, on_clip=partial)
+            rows = sweep(ck, args.root, gates, args.tasks, args.seed, on_clip=partial)
     except (ValueError, KeyError, OSError, CheckpointError, LayoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    chosen, met = choose(rows, pause_max)
+    chosen, met = choose(rows, pause_max, bc_max)
+    has_bc = any(c.row().get("backchannel_tor") is not None for c in rows)
     meta = {
         "checkpoint": str(args.checkpoint),
         "validation root": str(args.root),
         "seed": args.seed,
         "pause bound": f"{pause_max:.2f}"
         + (" (the Smart Turn harness's pause TOR)" if args.pause_max == "smart-turn" else ""),
+        "backchannel bound": f"{bc_max:.2f}" if has_bc else "none (no backchannel clips)",
         "words": "model text stream timed by the energy VAD of the output audio (as `microturn eval` offline)",
     }
     md = render(rows, chosen, met, meta)
@@ -302,12 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "clips": rows[0].counts(),
             "rows": [c.row() for c in rows],
             "chosen": chosen.row(),
-            "met_pause_bound": met,
+            "met_bounds": met,
         }
         (args.out / "calibration.json").write_text(json.dumps(payload, indent=2) + "\n")
     if args.write:
         write_gate(args.checkpoint, chosen.gate)
-        print(f"wrote gate start={chosen.gate.start:g} keep={chosen.gate.keep_threshold:g} to {args.checkpoint}")
+        g = chosen.gate
+        print(f"wrote gate start={g.start:g} keep={g.keep_threshold:g} voice={g.voice} to {args.checkpoint}")
     return 0
 
 
