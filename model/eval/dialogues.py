@@ -17,6 +17,14 @@ task is about (FD-bench scores take-over over the whole output):
   generator's `backchannel` scenario is the reverse (the user backchannels while the model
   talks) and is not exported.
 
+Speaking on a cue (issue 10; json formats in model/eval/layout.py, scores in cue_metrics.py).
+Video scenarios also write `frames/` (one PNG per micro-turn, from `<id>.frames.npz`):
+- rep_counting: the request, the reps (full, partial, paused) and the "stop", plus `STOP_TAIL_S`.
+- visual_alert: the request and every visual event and distractor, plus `ALERT_TAIL_S`.
+- visual_question: the question at a moment, then `TURN_TAIL_S` to answer in (question.json and
+  FD-bench's turn_taking.json).
+- cue_speak (audio only): the rule and the talk with its cues, plus `CUE_TAIL_S` after the last.
+
     python -m model.eval.dialogues --dialogues data/synth/heldout --root data/fdbench-heldout
 """
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -31,11 +40,17 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from model.eval.frames import write_frames
+
 PAUSE_TAIL_S = 0.5
 TURN_TAIL_S = 4.0
 INTERRUPT_TAIL_S = 3.0
 STOP_TAIL_S = 1.0
+ALERT_TAIL_S = 1.5  # past the 1.0 s hit window of the last event
+CUE_TAIL_S = 1.5
 SR = 16000
+TURN_S = 0.2
+VIDEO_TASKS = ("rep_counting", "visual_alert", "visual_question")
 
 
 def export_fdbench(dialogues: Path, root: Path, max_per_task: int | None = None) -> Counter[str]:
@@ -56,12 +71,17 @@ def export_fdbench(dialogues: Path, root: Path, max_per_task: int | None = None)
             continue
         audio, sr = sf.read(str(wav), dtype="float32", always_2d=True)
         user = audio[:, 1]  # channel 1 is the user (model/data layout)
-        user = user[: min(len(user), round(end * sr))]
+        user = user[: len(user) if math.isinf(end) else min(len(user), round(end * sr))]
         out = Path(root) / task / wav.stem
         out.mkdir(parents=True, exist_ok=True)
         sf.write(str(out / "input.wav"), np.asarray(user), sr, subtype="PCM_16")
         for name, content in files.items():
             (out / name).write_text(json.dumps(content, indent=1) + "\n")
+        npz = wav.with_name(wav.stem + ".frames.npz")
+        if task in VIDEO_TASKS and npz.is_file():
+            with np.load(npz) as z:
+                frames = z["frames"]
+            write_frames(out, frames[: math.ceil(len(user) / sr / TURN_S - 1e-9)])
         counts[task] += 1
     return counts
 
@@ -96,6 +116,50 @@ def _task_for(scenario: str, ev: dict[str, dict], events: list[dict]) -> tuple[s
     if scenario == "monologue" and "monologue" in ev:
         pauses = [[e["time"], e["end"]] for e in events if e["type"] == "monologue_pause"]
         return "synthetic_backchannel", ev["monologue"]["end"] + STOP_TAIL_S, {"backchannel.json": {"times": pauses}}
+    return _cue_task_for(scenario, ev, events)
+
+
+def _end_of(e: dict) -> float:
+    """Where a request's acknowledgement window starts: its end when the event carries one."""
+    return float(e.get("end", e["time"]))
+
+
+def _cue_task_for(
+    scenario: str, ev: dict[str, dict], events: list[dict]
+) -> tuple[str | None, float, dict[str, object]]:
+    def of(kind: str) -> list[dict]:
+        return [e for e in events if e["type"] == kind]
+
+    if scenario == "rep_counting" and "rep_request" in ev:
+        reps = [{"time": e["time"], "count": e["count"], "text": e.get("text", "")} for e in of("rep")]
+        stop = ev.get("stop")
+        spec = {
+            "request": _end_of(ev["rep_request"]),
+            "reps": reps,
+            "partials": [e["time"] for e in of("partial_rep")],
+            "stop": None if stop is None else stop["time"],
+        }
+        end = stop["end"] + STOP_TAIL_S if stop else math.inf
+        return "rep_counting", end, {"reps.json": spec}
+    if scenario == "visual_alert" and "alert_request" in ev:
+        alerts = [{"time": e["time"], "text": e.get("text", "")} for e in of("visual_event")]
+        distractors = [e["time"] for e in of("distractor")]
+        spec = {"request": _end_of(ev["alert_request"]), "events": alerts, "distractors": distractors}
+        last = max([a["time"] for a in alerts] + distractors, default=None)
+        return "visual_alert", math.inf if last is None else last + ALERT_TAIL_S, {"alerts.json": spec}
+    if scenario == "visual_question" and "user_end" in ev and "visual_answer" in ev:
+        q = ev["user_end"]
+        t = q["time"]
+        files: dict[str, object] = {
+            "question.json": {"question": q.get("text", ""), "user_end": t, "answer": ev["visual_answer"]["text"]},
+            "turn_taking.json": [{"text": "[TURN-TAKING]", "timestamp": [t, t + TURN_TAIL_S]}],
+        }
+        return "visual_question", t + TURN_TAIL_S, files
+    if scenario == "cue_speak" and "cue_rule" in ev:
+        cues = [{"time": e["time"], "text": e.get("text", ""), "response": e["response"]} for e in of("cue")]
+        spec = {"rule": ev["cue_rule"].get("text", ""), "rule_time": _end_of(ev["cue_rule"]), "cues": cues}
+        end = max((c["time"] for c in cues), default=math.inf) + CUE_TAIL_S
+        return "cue_speak", end, {"cues.json": spec}
     return None, 0.0, {}
 
 

@@ -3,6 +3,8 @@
     ROOT/<task>/<clip_id>/input.wav          user audio, mono (stereo is averaged), any rate
                           pause.json | turn_taking.json | interrupt.json | timespeak.json
                           backchannel.json    ours, optional: {"times": [t | [start, end], ...]}
+                          reps.json | alerts.json | cues.json | question.json   ours (issue 10)
+                          frames/000000.png ... or input.mp4   video: frame k during [0.2k, 0.2(k+1)) s
                           output.wav          the interaction model's reply (FD-bench's name)
                           output.json         its words (from the model's text stream, no ASR)
                           output_baseline.wav/.json   the harness baseline, same format
@@ -35,14 +37,40 @@ from model.eval.words import Word, words_from_json, words_to_json
 SAMPLE_RATE = 16000
 MODEL_STEM = "output"
 BASELINE_STEM = "output_baseline"
-KINDS = ("pause_handling", "smooth_turn_taking", "user_interruption", "backchannel", "timespeak")
+KINDS = (
+    "pause_handling",
+    "smooth_turn_taking",
+    "user_interruption",
+    "backchannel",
+    "timespeak",
+    "rep_counting",
+    "visual_alert",
+    "visual_question",
+    "cue_speak",
+)
+# Ours, speaking on a cue (model/eval/cue_metrics.py); the json formats:
+#   reps.json      {"request": t, "reps": [{"time": completion, "count": n, "text": "three"}, ...],
+#                   "partials": [t, ...], "stop": t | null}
+#   alerts.json    {"request": t, "events": [{"time": t, "text": "green"}, ...], "distractors": [t, ...]}
+#   cues.json      {"rule": text, "rule_time": t, "cues": [{"time": cue word end, "text": cue, "response": w}, ...]}
+#   question.json  {"question": text, "user_end": t, "answer": colour} (+ FD-bench's turn_taking.json)
+# Request/rule times are the end of the user's request, where its acknowledgement window starts.
 KIND_FILES = {
+    "rep_counting": "reps.json",
+    "visual_alert": "alerts.json",
+    "visual_question": "question.json",
+    "cue_speak": "cues.json",
     "pause_handling": "pause.json",
     "smooth_turn_taking": "turn_taking.json",
     "user_interruption": "interrupt.json",
     "timespeak": "timespeak.json",
 }
 _NAME_HINTS = (
+    ("rep_count", "rep_counting"),
+    ("visual_alert", "visual_alert"),
+    ("visual_question", "visual_question"),
+    ("cue_speak", "cue_speak"),
+    ("cuespeak", "cue_speak"),
     ("pause", "pause_handling"),
     ("turn_taking", "smooth_turn_taking"),
     ("turn-taking", "smooth_turn_taking"),
@@ -73,6 +101,15 @@ class Clip:
 
     def output_json(self, stem: str = MODEL_STEM) -> Path:
         return self.path / f"{stem}.json"
+
+    def frames(self, n_turns: int | None = None) -> np.ndarray | None:
+        """The clip's video, one (120, 160, 3) uint8 frame per micro-turn, or None (audio only)."""
+        from model.eval.frames import FramesError, read_clip_frames
+
+        try:
+            return read_clip_frames(self.path, n_turns)
+        except FramesError as e:
+            raise LayoutError(str(e)) from e
 
     def meta(self) -> Any:
         """The task json (None for backchannel clips, whose ground truth is optional)."""

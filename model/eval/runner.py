@@ -43,6 +43,7 @@ class ClipInput:
     clip: Clip
     audio: np.ndarray  # mono float32, 16 kHz
     text: str = ""  # typed user text delivered with the first micro-turn (the TimeSpeak request)
+    video: np.ndarray | None = None  # (n, 120, 160, 3) uint8: frame k rides on micro-turn k; None = no camera
 
     @property
     def duration(self) -> float:
@@ -83,6 +84,19 @@ def clip_request(clip: Clip) -> str:
     return ""
 
 
+def clip_input(clip: Clip) -> ClipInput:
+    """Everything a system gets from one clip: audio at 16 kHz, the typed request, the video."""
+    audio, _, _ = read_audio_16k(clip.input_wav)
+    return ClipInput(clip, audio, clip_request(clip), clip.frames())
+
+
+def turn_frame(video: np.ndarray | None, k: int) -> np.ndarray | None:
+    """The frame micro-turn k carries: frame k; past the video's end, none (the camera stopped)."""
+    if video is None or k >= len(video):
+        return None
+    return video[k]
+
+
 def run_responder(
     responder: Responder,
     root: str | Path,
@@ -94,8 +108,8 @@ def run_responder(
     clips = discover(root, tasks)
     runs = []
     for i, clip in enumerate(clips, 1):
-        audio, _, _ = read_audio_16k(clip.input_wav)
-        inp = ClipInput(clip, audio, clip_request(clip))
+        inp = clip_input(clip)
+        audio = inp.audio
         t0 = time.perf_counter()
         resp = responder.respond(inp)
         elapsed = time.perf_counter() - t0
@@ -160,7 +174,8 @@ def run_model_rows(
     plays during turn k+1, so its 3200 samples go to [(k+1)*3200, (k+2)*3200); the first turn
     of output is silence and whatever runs past the clip end is dropped (so the last chunk,
     whose output would land entirely past the end, is not stepped). The last input chunk is
-    zero-padded. Text position j of turn k is played at (k+1)*0.2 + j*0.05 s.
+    zero-padded. Text position j of turn k is played at (k+1)*0.2 + j*0.05 s. Turn k carries
+    video frame k (`inp.video`), as the server attaches the camera frame sampled during it.
     """
     cfg = model.cfg
     T = cfg.turn_samples
@@ -187,7 +202,10 @@ def run_model_rows(
         piece = inp.audio[k * T : (k + 1) * T]
         chunk[: len(piece)] = piece
         text = inp.text if k == 0 else ""
-        step_in = [MicroTurnInput.from_arrays(chunk, text=text, turn=k, session_id=s.session_id) for s in states]
+        frame = turn_frame(inp.video, k)
+        step_in = [
+            MicroTurnInput.from_arrays(chunk, video=frame, text=text, turn=k, session_id=s.session_id) for s in states
+        ]
         hi = min(n, lo + T)
         for b, o in enumerate(step_batch(model, cache, tokenizer, states, step_in)):
             outs[b][lo:hi] = o.audio_array()[: hi - lo]

@@ -15,8 +15,18 @@ from typing import Any
 
 import numpy as np
 
+from model.eval import cue_metrics as C
 from model.eval import metrics as M
-from model.eval.layout import GT_DISTRIBUTION_FILE, SAMPLE_RATE, Clip, LayoutError, discover, read_json, read_output
+from model.eval.layout import (
+    GT_DISTRIBUTION_FILE,
+    KIND_FILES,
+    SAMPLE_RATE,
+    Clip,
+    LayoutError,
+    discover,
+    read_json,
+    read_output,
+)
 from model.eval.vad import DEFAULT_VAD, Segment, VadConfig, speech_segments
 from model.eval.words import Word
 
@@ -119,6 +129,8 @@ def score_output(
         ts = M.timespeak(M.speech_onsets(segments), expected, not_before=start - M.TIMESPEAK_TOLERANCE_S)
         row.update(score=ts.score, matched=ts.matched, spurious=ts.spurious, expected=ts.n_expected)
         return ts, row
+    elif clip.kind in CUE_KINDS:
+        return score_cue_task(clip, words, segments, duration, row)
     else:  # pragma: no cover - discover() only yields known kinds
         raise LayoutError(f"{clip.path}: unknown task kind {clip.kind}")
     row.update(tor=score.tor, latency=score.latency, reply=score.reply)
@@ -128,7 +140,55 @@ def score_output(
     return score, row
 
 
+CUE_KINDS = ("rep_counting", "visual_alert", "visual_question", "cue_speak")
+
+
+def score_cue_task(
+    clip: Clip, words: Sequence[Word], segments: Sequence[Segment], duration: float, row: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """Speaking on a cue (model/eval/cue_metrics.py): rep counting, visual alerts and questions, CueSpeak."""
+    meta = clip.meta()
+    fname = KIND_FILES[clip.kind]
+    score: Any
+    try:
+        if clip.kind == "rep_counting":
+            reps = [C.Rep(float(r["time"]), int(r["count"])) for r in meta["reps"]]
+            score = C.rep_counting(words, reps, float(meta["request"]), duration)
+            row.update(reps=score.n_reps, counted=score.counted, false_counts=score.false_counts)
+        elif clip.kind == "visual_alert":
+            events = [float(e["time"]) for e in meta["events"]]
+            score = C.visual_alerts(M.speech_onsets(segments), events, float(meta["request"]), duration)
+            row.update(events=score.n_events, hits=score.hits, false_alerts=score.false_alerts)
+            row["latencies"] = score.latencies
+        elif clip.kind == "cue_speak":
+            cues = [C.Cue(float(c["time"]), str(c["response"])) for c in meta["cues"]]
+            score = C.cue_speak(words, cues, float(meta["rule_time"]), duration)
+            row.update(
+                cues=score.n_cues,
+                hits=score.hits,
+                false_utterances=score.false_utterances,
+                false_words=score.false_words,
+            )
+        else:
+            score = C.visual_question(words, float(meta["user_end"]), str(meta["answer"]))
+            row.update(
+                tor=score.turn.tor, latency=score.turn.latency, reply=score.turn.reply, correct=score.correct,
+                said=score.said, answer=meta["answer"],
+            )  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise LayoutError(f"{clip.path / fname}: not the {clip.kind} format (model/eval/layout.py): {e!r}") from e
+    return score, row
+
+
 def summarize(task: str, kind: str, scores: Sequence[Any]) -> M.TaskSummary:
+    if kind == "rep_counting":
+        return C.summarize_reps(task, scores)
+    if kind == "visual_alert":
+        return C.summarize_alerts(task, scores)
+    if kind == "cue_speak":
+        return C.summarize_cues(task, scores)
+    if kind == "visual_question":
+        return C.summarize_questions(task, scores)
     if kind == "backchannel":
         return M.summarize_backchannel(task, scores)
     if kind == "timespeak":

@@ -188,3 +188,87 @@ def fake_output(
         words += [Word(w, round(s + i * step, 6), round(s + (i + 1) * step, 6)) for i, w in enumerate(parts)]
     audio = render([(s, e) for s, e, _ in speech], duration, SAMPLE_RATE, seed=seed)
     write_output(clip, audio, words, stem)
+
+
+# -- speaking on a cue (issue 10): hand-made clips with video ----------------------------------
+RGB = {"red": (220, 30, 30), "green": (30, 200, 60), "blue": (30, 60, 220), "grey": (128, 128, 128)}
+
+
+def solid_frames(colours: Sequence[str], background: str = "grey") -> np.ndarray:
+    """One 160x120 frame per micro-turn: a centred 60x60 square of each named colour on
+    `background` ("" shows no square)."""
+    frames = np.empty((len(colours), 120, 160, 3), np.uint8)
+    frames[:] = RGB[background]
+    for k, c in enumerate(colours):
+        if c:
+            frames[k, 30:90, 50:110] = RGB[c]
+    return frames
+
+
+def _video_clip(
+    root: str | Path, task: str, clip_id: str, speech: Sequence[Interval], duration: float, frames: np.ndarray,
+    files: dict[str, Any],
+) -> Path:  # fmt: skip
+    from model.eval.frames import write_frames
+
+    d = write_clip(root, task, clip_id, render(speech, duration), SAMPLE_RATE, files)
+    write_frames(d, frames)
+    return d
+
+
+def rep_clip(
+    root: str | Path, clip_id: str, reps: Sequence[float] = (2.0, 3.0, 4.0), duration: float = 6.0,
+    task: str = "rep_counting",
+) -> Path:  # fmt: skip
+    """The user asks "count my reps" (0.2-1.0 s); the square turns green at each rep completion in `reps`."""
+    n = round(duration / 0.2)
+    colours = ["blue"] * n
+    for t in reps:
+        colours[round(t / 0.2)] = "green"
+    spec = {
+        "request": 1.0,
+        "reps": [{"time": t, "count": i + 1, "text": str(i + 1)} for i, t in enumerate(reps)],
+        "partials": [],
+        "stop": None,
+    }
+    return _video_clip(root, task, clip_id, [(0.2, 1.0)], duration, solid_frames(colours), {"reps.json": spec})
+
+
+def alert_clip(
+    root: str | Path, clip_id: str, event: float = 3.0, duration: float = 5.0, task: str = "visual_alert"
+) -> Path:
+    """The user asks "tell me when it turns green" (0.2-1.0 s); the square is red, green from `event`."""
+    n = round(duration / 0.2)
+    colours = ["red" if k * 0.2 < event else "green" for k in range(n)]
+    spec = {"request": 1.0, "events": [{"time": event, "text": "green"}], "distractors": []}
+    return _video_clip(root, task, clip_id, [(0.2, 1.0)], duration, solid_frames(colours), {"alerts.json": spec})
+
+
+def visual_question_clip(
+    root: str | Path, clip_id: str, colour: str = "blue", duration: float = 4.0, task: str = "visual_question"
+) -> Path:
+    """The user asks "what colour is it now?" (0.3-1.5 s) with a `colour` square on screen throughout."""
+    n = round(duration / 0.2)
+    files = {
+        "question.json": {"question": "what colour is it now?", "user_end": 1.5, "answer": colour},
+        "turn_taking.json": [{"text": "[TURN-TAKING]", "timestamp": [1.5, duration]}],
+    }
+    return _video_clip(root, task, clip_id, [(0.3, 1.5)], duration, solid_frames([colour] * n), files)
+
+
+def cue_clip(
+    root: str | Path, clip_id: str, cues: Sequence[float] = (2.5, 4.0), duration: float = 6.0, task: str = "cue_speak"
+) -> Path:
+    """A rule (0.2-1.0 s), then the user talks (1.5-5.0 s); a number word ends at each cue time."""
+    spec = {
+        "rule": "every time I say a number, say the next one",
+        "rule_time": 1.0,
+        "cues": [{"time": t, "text": str(i + 1), "response": str(i + 2)} for i, t in enumerate(cues)],
+    }
+    return write_clip(root, task, clip_id, render([(0.2, 1.0), (1.5, 5.0)], duration), SAMPLE_RATE, {"cues.json": spec})
+
+
+def make_cue_benchmark(root: str | Path) -> list[Path]:
+    """One clip of each speaking-on-a-cue task (a smoke test of the pipeline)."""
+    return [rep_clip(root, "0001"), alert_clip(root, "0001"), visual_question_clip(root, "0001"),
+            cue_clip(root, "0001")]  # fmt: skip
