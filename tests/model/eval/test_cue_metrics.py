@@ -155,4 +155,4 @@ def test_visual_question_takes_the_first_colour_of_the_reply() -> None:
     assert (silent.turn.tor, silent.correct, silent.said) == (0, 0, None)
     m = C.summarize_questions("visual_question", [right, wrong, silent]).metrics
     assert m["answer_accuracy"] == pytest.approx(1 / 3)
-    assert m["tor"] == pytest.approx(2 / 3)
+    assert m["tor"] == pytest.approx(1 / 3)  # "red or blue" is 3 words in 0.9 s: no take-over (FD-bench)
