@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from model.eval import cue_metrics as C
+from model.eval.baselines import DEFAULT_REPLY
 from model.eval.words import Word
 
 
@@ -136,7 +137,7 @@ def test_multi_word_response_and_number_forms() -> None:
 
 def test_harness_style_reply_after_silence_scores_zero() -> None:
     """A fixed reply once the user stops talking (at 10 s) hits no cue and is one false utterance."""
-    reply = [w(x, 10.6 + 0.25 * i, 0.2) for i, x in enumerate("Sure I can help you with that".split())]
+    reply = [w(x, 10.6 + 0.25 * i, 0.2) for i, x in enumerate(DEFAULT_REPLY.split(" "))]
     s = C.cue_speak(reply, CUES, rule=1.0, end=13.0)
     assert (s.hits, s.false_utterances) == (0, 1)
     m = C.summarize_cues("cue_speak", [s]).metrics
