@@ -10,6 +10,8 @@ For each clip ``DIR/<split>/<clip_id>``:
   seconds, sorted by start (moshi-finetune's interleaver binary-searches it).
 - ``.events.json``: ``{"scenario", "events": [{"type", "time", "text", ...}], "voices":
   {"user", "assistant"}, ...}``; event types are listed in ``model.data.scenarios``.
+- ``.frames.npz`` (visual scenarios only): ``frames``, uint8 (n_turns, 120, 160, 3), frame k
+  is what the camera shows during micro-turn k, [0.2k, 0.2(k+1)) s (``model.data.visual``).
 
 plus ``DIR/<split>/manifest.jsonl``: one ``{"path", "duration", "scenario", "id"}`` line per
 clip, ``path`` absolute (moshi-finetune opens ``splitext(path) + ".json"`` from the cwd).
@@ -74,6 +76,9 @@ def make_clip(task: tuple[str, str, int, int, str]) -> dict[str, object]:
         "channels": {str(ch): role for role, ch in sc.CHANNELS.items()},
         "speakers": dict(sc.SPEAKERS),
     }
+    if clip.frames is not None:  # camera frames, one per micro-turn: (n_turns, 120, 160, 3) uint8
+        np.savez_compressed(f"{base}.frames.npz", frames=clip.frames)
+        meta["frames"] = f"{clip_id}.frames.npz"
     _write_json(Path(f"{base}.events.json"), meta)
     return {
         "path": str(base.with_suffix(".wav").resolve()),

@@ -880,6 +880,9 @@ class Dialogue:
     segments: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
     words: list[tuple[str, float, float, str]] = field(default_factory=list)  # text, start, end, role
     events: list[dict[str, object]] = field(default_factory=list)
+    split: str = "train"  # visual.py and cues.py keep their own per-split tables
+    # camera frames of the whole clip, rendered once its duration is known (model.data.visual)
+    video: Callable[[float], np.ndarray] | None = None
 
     def synth(self, role: str, text: str) -> Utterance:
         return self.voices[role].synthesize(text)
@@ -1245,6 +1248,7 @@ class Clip:
     alignments: list[list[object]]  # [word, [start, end], speaker], sorted by start
     events: list[dict[str, object]]  # sorted by time
     voices: dict[str, Speaker]
+    frames: np.ndarray | None = None  # (n_turns, 120, 160, 3) uint8 camera frames, one per micro-turn
 
     @property
     def duration(self) -> float:
@@ -1261,7 +1265,7 @@ def build_clip(split: str, scenario: str, rng: np.random.Generator, max_attempts
     for _ in range(max_attempts):
         voices = {role: pools[role].draw(rng) for role in ROLES}
         levels = {ASSISTANT: float(rng.uniform(-24, -19)), USER: float(rng.uniform(-27, -18))}
-        d = Dialogue(rng, voices, levels)
+        d = Dialogue(rng, voices, levels, split=split)
         try:
             SCENARIOS[scenario](d, phrases, rng)
         except Retry:
@@ -1290,7 +1294,8 @@ def _finish(d: Dialogue, scenario: str, duration: float, rng: np.random.Generato
         [text, [min(_ms(s), limit), min(_ms(e), limit)], SPEAKERS[role]] for text, s, e, role in words
     ]
     events = [{k: _rounded(v) for k, v in e.items()} for e in sorted(d.events, key=lambda e: float(e["time"]))]  # type: ignore[arg-type]
-    return Clip(scenario, audio, alignments, events, d.voices)
+    frames = None if d.video is None else d.video(duration)
+    return Clip(scenario, audio, alignments, events, d.voices, frames)
 
 
 def _ms(x: float) -> float:

@@ -37,6 +37,7 @@ from model.config import ModelConfig
 from model.dmel import log_mel_offline, mel_to_unit, quantize
 from model.positions import Positions, concat, input_positions, output_position, pad_time, stack
 from model.tokenizer import Tokenizer
+from model.vision import frame_to_patches
 
 ASSISTANT = "SPEAKER_MAIN"
 USER = "SPEAKER_USER"
@@ -62,6 +63,8 @@ class Clip:
     words: list[tuple[str, float, float, str]]  # (word, start, end, speaker)
     events: list[dict[str, object]] = field(default_factory=list)
     scenario: str = ""
+    # (n_turns, H, W, 3) uint8 camera frames, frame k shown during micro-turn k; None = no video
+    frames: np.ndarray | None = None
 
     @property
     def duration(self) -> float:
@@ -92,7 +95,19 @@ def load_clip(wav: Path) -> Clip:
             scenario = str(meta.get("scenario", ""))
         except (json.JSONDecodeError, AttributeError) as e:
             raise DatasetError(f"{events_file}: malformed events: {e}") from e
-    return Clip(wav.stem, audio[:, 0].copy(), audio[:, 1].copy(), sorted(words, key=lambda w: w[1]), events, scenario)
+    frames_file = wav.with_name(wav.stem + ".frames.npz")
+    frames = None
+    if frames_file.exists():
+        try:
+            with np.load(frames_file) as npz:
+                frames = npz["frames"]
+        except (OSError, ValueError, KeyError) as e:
+            raise DatasetError(f"{frames_file}: unreadable frames: {e}") from e
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+            got = f"{frames.dtype} {frames.shape}"
+            raise DatasetError(f"{frames_file}: expected uint8 (n_turns, H, W, 3) frames, got {got}")
+    words = sorted(words, key=lambda w: w[1])
+    return Clip(wav.stem, audio[:, 0].copy(), audio[:, 1].copy(), words, events, scenario, frames)
 
 
 def list_clips(root: Path) -> list[Path]:
@@ -183,12 +198,13 @@ def build_example(
     unit = mel_to_unit(asst_mel, cfg)  # (frames, M)
     for k in range(end - start):
         fr = slice(k * cfg.frames_per_turn, (k + 1) * cfg.frames_per_turn)
+        frame = clip.frames[start + k] if clip.frames is not None and start + k < len(clip.frames) else None
         chunk = input_positions(
             cfg,
             start + k,
             next_pos,
             user_bins[fr],
-            None,
+            None if frame is None else frame_to_patches(frame, cfg),  # as the engine does (model/session.py)
             user_text.get(k, [])[: cfg.max_text_tokens_per_turn],
             bg_text.get(k, [])[: cfg.max_background_tokens_per_turn],
         )
