@@ -52,7 +52,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="run directory: state, checkpoint/, log.jsonl, loss.png")
     p.add_argument("--init", type=Path, help="checkpoint to fine-tune from")
     p.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
-    p.add_argument("--export", type=Path, help="also write the final model here as a bf16 checkpoint")
+    p.add_argument("--val-data", type=Path, help="directory of validation clips: val_* losses, --out/best/")
+    p.add_argument("--val-every", type=int, default=d.val_every, help="steps between validations (0: only at the end)")
+    p.add_argument("--export", type=Path, help="also write a bf16 checkpoint here: best-validation model, else final")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--crop-turns", type=int, default=d.crop_turns)
@@ -66,9 +68,9 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from infra.logging import configure_logging
-    from model.checkpoint import save_checkpoint
+    from model.checkpoint import load_checkpoint, save_checkpoint
     from model.train.dataset import DatasetError
-    from model.train.trainer import TrainConfig, Trainer
+    from model.train.trainer import BEST, TrainConfig, Trainer
 
     configure_logging()
     tcfg = TrainConfig(
@@ -78,21 +80,32 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         ckpt_every=args.ckpt_every,
+        val_every=args.val_every,
     )
+    if args.val_every < 0:
+        print("error: --val-every must be >= 0", file=sys.stderr)
+        return 2
     try:
         cfg = get_preset(args.preset)
-        trainer = Trainer(cfg, tcfg, args.data, args.out, init=args.init)
+        trainer = Trainer(cfg, tcfg, args.data, args.out, init=args.init, val_dir=args.val_data)
     except (ConfigError, CheckpointError, DatasetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.resume and not trainer.try_resume():
         print(f"error: --resume given but {args.out}/train_state.pt does not exist", file=sys.stderr)
         return 2
-    print(f"training {trainer.cfg.name} on {len(trainer.clips)} clips -> {args.out}", file=sys.stderr)
+    val = f", validating on {len(trainer.val_clips)}" if trainer.val_clips else ""
+    print(f"training {trainer.cfg.name} on {len(trainer.clips)} clips{val} -> {args.out}", file=sys.stderr)
     trainer.run()
     if args.export:
-        save_checkpoint(args.export, trainer.model, trainer.tokenizer, dtype=torch.bfloat16)
-        print(f"exported {args.export}", file=sys.stderr)
+        if trainer.best is not None:
+            best = load_checkpoint(trainer.out / BEST)
+            save_checkpoint(args.export, best.model, best.tokenizer, dtype=torch.bfloat16)
+            what = f"best checkpoint (step {trainer.best.step}, val_total {trainer.best.val_total:.4f})"
+        else:
+            save_checkpoint(args.export, trainer.model, trainer.tokenizer, dtype=torch.bfloat16)
+            what = f"final model (step {trainer.step})"
+        print(f"exported {what} -> {args.export}", file=sys.stderr)
     return 0
 
 

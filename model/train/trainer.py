@@ -3,11 +3,23 @@
 Everything random is keyed on (seed, step): which clips and crops a step sees and the flow
 noise, so a run resumed from its state file continues exactly the curve it left.
 
+Crops: half of them (`event_crop_p`) are centred on an event of the clip (a reply onset, an
+interruption cut, a pause end, a backchannel...): turn-taking is decided in a few hundred ms
+around those moments, and uniform crops spend most of their positions on steady speech or
+silence. Clips of `whole_scenarios` (timed speech) are always taken whole, since the skill is
+keeping time over the whole stretch.
+
+Validation: with a `val_dir`, every `val_every` steps (and at the end of `run`) the mean of each
+loss over a fixed set of validation batches (the same crops and flow noise every time) is
+logged as `val_<key>`; the model with the lowest `val_total` so far is kept in `best/`.
+
 Out directory:
-  train_state.pt    model + optimizer + step (resume point, written every `ckpt_every` steps)
+  train_state.pt    model + optimizer + step + best (resume point, every `ckpt_every` steps)
   checkpoint/       the latest model as a checkpoint directory (model/checkpoint.py)
+  best/             the model with the lowest val_total (only with validation data)
+  best.json         {"step", "val_total", "val_<key>"...} of best/
   log.jsonl         one JSON line per logged step
-  loss.png          loss curves
+  loss.png          loss curves (validation dashed)
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +46,9 @@ from model.train.objective import compute_losses
 
 log = get_logger(__name__)
 STATE = "train_state.pt"
+BEST = "best"
+BEST_JSON = "best.json"
+LOSS_PANELS = ("text", "caption", "flow", "turn", "balance")
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,17 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 200
+    val_every: int = 250  # 0: validate only at the end of a run
+    val_batches: int = 8
+    event_crop_p: float = 0.5
+    whole_scenarios: tuple[str, ...] = ("timed_speech",)
+    whole_max_turns: int = 100  # 20 s: a whole-clip crop never grows past this
+
+
+@dataclass(frozen=True)
+class Best:
+    step: int
+    val_total: float
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
@@ -55,6 +82,58 @@ def lr_at(step: int, t: TrainConfig) -> float:
         return t.lr * (step + 1) / t.warmup
     progress = min(1.0, (step - t.warmup) / max(1, t.steps - t.warmup))
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def event_times(clip: Clip) -> list[float]:
+    """The moments (seconds) of a clip worth centring a crop on."""
+    out: list[float] = []
+    for ev in clip.events:
+        kind = ev.get("type")
+        t = _num(ev.get("time"))
+        if kind == "user_end":
+            if t is not None:
+                out.append(t + (_num(ev.get("gap")) or 0.0))  # the reply onset
+        elif kind == "interrupt":
+            cut = _num(ev.get("cut"))
+            out += [cut] if cut is not None else [t] if t is not None else []
+        elif kind == "pause":
+            end = _num(ev.get("end"))
+            out += [end] if end is not None else []
+        elif kind == "monologue_pause":
+            end = _num(ev.get("end"))
+            out += [end] if end is not None else [t] if t is not None else []
+        elif kind == "timespeak":
+            onsets = ev.get("expected_onsets")
+            if isinstance(onsets, Iterable):
+                out += [x for x in map(_num, onsets) if x is not None]
+        elif kind in ("backchannel", "stop", "delegate") and t is not None:
+            out.append(t)
+    return out
+
+
+def _num(x: object) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float | str):
+        return None
+    try:
+        v = float(x)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+def choose_crop(clip: Clip, cfg: ModelConfig, t: TrainConfig, rnd: random.Random) -> tuple[int, int | None]:
+    """(start turn, max_turns) of one crop of `clip`."""
+    n_turns = len(clip.user) // cfg.turn_samples - 1
+    if clip.scenario in t.whole_scenarios:
+        return 0, (None if n_turns <= t.whole_max_turns else t.whole_max_turns)
+    last_start = max(0, n_turns - t.crop_turns)
+    turn_s = cfg.micro_turn_ms / 1000
+    times = [x for x in event_times(clip) if 0 <= x < n_turns * turn_s]
+    if times and rnd.random() < t.event_crop_p:
+        at = rnd.choice(times) / turn_s  # in turns
+        offset = rnd.uniform(0.25, 0.75) * t.crop_turns
+        return min(last_start, max(0, math.floor(at - offset))), t.crop_turns
+    return rnd.randrange(last_start + 1), t.crop_turns
 
 
 class Trainer:
@@ -67,6 +146,7 @@ class Trainer:
         *,
         init: Path | None = None,
         tokenizer: Tokenizer | None = None,
+        val_dir: Path | None = None,
     ) -> None:
         self.tcfg = tcfg
         self.out = Path(out_dir)
@@ -89,6 +169,9 @@ class Trainer:
         )
         self.step = 0
         self.clips: list[Clip] = [load_clip(p) for p in list_clips(data_dir)]
+        self.val_clips: list[Clip] = [load_clip(p) for p in list_clips(val_dir)] if val_dir is not None else []
+        self._val_set: list[tuple[Example, torch.Generator]] | None = None
+        self.best: Best | None = None
         self.history: list[dict[str, float]] = []
 
     # resume --------------------------------------------------------------------------------
@@ -101,6 +184,7 @@ class Trainer:
                 "optim": self.opt.state_dict(),
                 "tcfg": asdict(self.tcfg),
                 "history": self.history,
+                "best": asdict(self.best) if self.best else None,
             },
             tmp,
         )
@@ -116,21 +200,59 @@ class Trainer:
         self.opt.load_state_dict(state["optim"])
         self.step = int(state["step"])
         self.history = list(state["history"])
+        best = state.get("best")
+        self.best = Best(int(best["step"]), float(best["val_total"])) if best else None
         # steps logged after the last save are redone: keep the log in step with the state
         (self.out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
-        log.info("train.resumed", step=self.step, state=str(f))
+        log.info("train.resumed", step=self.step, state=str(f), best=asdict(self.best) if self.best else None)
         return True
 
     # data -----------------------------------------------------------------------------------
     def batch_for(self, step: int) -> Example:
-        rnd = random.Random(self.tcfg.seed * 1_000_003 + step)
+        return self._batch(self.clips, random.Random(self.tcfg.seed * 1_000_003 + step))
+
+    def _batch(self, clips: list[Clip], rnd: random.Random) -> Example:
         examples = []
         for _ in range(self.tcfg.batch_size):
-            clip = self.clips[rnd.randrange(len(self.clips))]
-            n_turns = len(clip.user) // self.cfg.turn_samples - 1
-            start = rnd.randrange(max(1, n_turns - self.tcfg.crop_turns + 1))
-            examples.append(build_example(self.cfg, self.tokenizer, clip, self.tcfg.crop_turns, start))
+            clip = clips[rnd.randrange(len(clips))]
+            start, max_turns = choose_crop(clip, self.cfg, self.tcfg, rnd)
+            examples.append(build_example(self.cfg, self.tokenizer, clip, max_turns, start))
         return collate(examples)
+
+    def val_set(self) -> list[tuple[Example, torch.Generator]]:
+        """The fixed validation batches, each with the seed of its flow noise (built once)."""
+        if self._val_set is None:
+            self._val_set = [
+                (self._batch(self.val_clips, random.Random(f"val:{self.tcfg.seed}:{i}")), torch.Generator())
+                for i in range(self.tcfg.val_batches)
+            ]
+        return self._val_set
+
+    # validation -------------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """Mean of each loss over the validation set, as {"val_<key>": value}."""
+        sums: dict[str, float] = {}
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for i, (batch, gen) in enumerate(self.val_set()):
+                    gen.manual_seed(self.tcfg.seed * 1_000_003 - 1 - i)  # the same noise every time
+                    for k, v in compute_losses(self.model, batch, gen).items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+        finally:
+            self.model.train()
+        n = len(self.val_set())
+        return {f"val_{k}": v / n for k, v in sums.items()}
+
+    def _keep_if_best(self, val: dict[str, float]) -> bool:
+        total = val["val_total"]
+        if self.best is not None and not total < self.best.val_total:
+            return False
+        self.best = Best(self.step, total)
+        save_checkpoint(self.out / BEST, self.model, self.tokenizer)
+        (self.out / BEST_JSON).write_text(json.dumps({"step": self.step, **val}, indent=2) + "\n")
+        log.info("train.best", step=self.step, val_total=round(total, 4))
+        return True
 
     # loop ------------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
@@ -149,19 +271,30 @@ class Trainer:
 
     def run(self, steps: int | None = None, progress: bool = True) -> list[dict[str, float]]:
         """Train until `steps` (default: the config's total); returns the logged history."""
-        until = self.tcfg.steps if steps is None else min(self.tcfg.steps, steps)
+        t = self.tcfg
+        until = t.steps if steps is None else min(t.steps, steps)
         bar = tqdm(total=until, initial=self.step, desc="train", unit="step", file=sys.stderr, disable=not progress)
         t0 = time.time()
+        postfix: dict[str, str] = {}
+        if self.best is not None:
+            postfix["best"] = f"{self.best.val_total:.3f}@{self.best.step}"
         while self.step < until:
             rec = self.train_step()
             bar.update(1)
-            bar.set_postfix(loss=f"{rec['total']:.3f}")
-            if self.step % self.tcfg.log_every == 0 or self.step == until:
-                rec = {"step": self.step, "elapsed_s": round(time.time() - t0, 1), **rec}
+            val: dict[str, float] = {}
+            if self.val_clips and ((t.val_every and self.step % t.val_every == 0) or self.step == until):
+                val = self.validate()
+                self._keep_if_best(val)
+                postfix["val"] = f"{val['val_total']:.3f}"
+                if self.best is not None:
+                    postfix["best"] = f"{self.best.val_total:.3f}@{self.best.step}"
+            bar.set_postfix({"loss": f"{rec['total']:.3f}", **postfix})
+            if val or self.step % t.log_every == 0 or self.step == until:
+                rec = {"step": self.step, "elapsed_s": round(time.time() - t0, 1), **rec, **val}
                 self.history.append(rec)
                 with (self.out / "log.jsonl").open("a") as f:
                     f.write(json.dumps(rec) + "\n")
-            if self.step % self.tcfg.ckpt_every == 0 or self.step == until:
+            if self.step % t.ckpt_every == 0 or self.step == until:
                 self.save_state()
                 plot_losses(self.history, self.out / "loss.png")
         bar.close()
@@ -169,20 +302,25 @@ class Trainer:
 
 
 def plot_losses(history: list[dict[str, float]], path: Path) -> None:
-    if not history:
+    """One panel per loss the objective reported (train solid, validation dashed)."""
+    keys = [k for k in LOSS_PANELS if any(k in h for h in history)]
+    if not keys:
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [h["step"] for h in history]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.5))
-    for ax, key in zip(axes, ("text", "caption", "flow", "balance"), strict=True):
-        ax.plot(steps, [h[key] for h in history])
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        for name, style in ((key, "-"), (f"val_{key}", "o--")):
+            pts = [(h["step"], h[name]) for h in history if name in h]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label="val" if name != key else "train")
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -1,63 +1,17 @@
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from model.checkpoint import load_checkpoint
 from model.tokenizer import Tokenizer
 from model.train.dataset import DatasetError, build_example, load_clip
-from model.train.trainer import TrainConfig, Trainer
+from model.train.trainer import Trainer
 from tests.model.conftest import micro_config
-
-SR = 16000
-
-
-def write_clip(root: Path, name: str, seed: int) -> Path:
-    """A 6 s dialogue: user 'tone-speech' then assistant reply, with alignments and events."""
-    rs = np.random.RandomState(seed)
-    n = 6 * SR
-    t = np.arange(n) / SR
-    user, asst = np.zeros(n, np.float32), np.zeros(n, np.float32)
-    f_u, f_a = 180 + 20 * seed, 260 + 15 * seed
-    user[SR : int(2.4 * SR)] = 0.3 * np.sin(2 * np.pi * f_u * t[SR : int(2.4 * SR)])
-    asst[int(3.0 * SR) : int(4.8 * SR)] = 0.3 * np.sin(2 * np.pi * f_a * t[int(3.0 * SR) : int(4.8 * SR)])
-    user += (0.002 * rs.randn(n)).astype(np.float32)
-    wav = root / f"{name}.wav"
-    sf.write(wav, np.stack([asst, user], 1), SR)
-    words = [
-        ["what", [1.0, 1.6], "SPEAKER_USER"],
-        ["time", [1.7, 2.4], "SPEAKER_USER"],
-        ["it", [3.0, 3.4], "SPEAKER_MAIN"],
-        ["is", [3.5, 3.9], "SPEAKER_MAIN"],
-        ["noon", [4.0, 4.8], "SPEAKER_MAIN"],
-    ]
-    (root / f"{name}.json").write_text(json.dumps({"alignments": words}))
-    events = [
-        {"type": "delegate", "time": 2.6, "text": "time"},
-        {"type": "background_result", "time": 2.9, "text": "12:00"},
-    ]
-    (root / f"{name}.events.json").write_text(json.dumps({"scenario": "qa", "events": events}))
-    return wav
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "data" / "train"
-    root.mkdir(parents=True)
-    for i in range(3):
-        write_clip(root, f"clip{i}", i)
-    return tmp_path / "data"
-
-
-def tcfg(**kw: object) -> TrainConfig:
-    base = dict(steps=40, batch_size=2, crop_turns=20, lr=3e-3, warmup=5, log_every=1, ckpt_every=10)
-    base.update(kw)
-    return TrainConfig(**base)  # type: ignore[arg-type]
+from tests.model.train.conftest import tcfg
 
 
 def test_example_alignment(data_dir: Path, tokenizer: Tokenizer) -> None:
