@@ -91,8 +91,8 @@ def read_mp4(path: Path, n_turns: int | None = None) -> np.ndarray:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             for frame in container.decode(stream):
-                has_pts = frame.pts is not None and frame.time_base is not None
-                t = float(frame.pts * frame.time_base) if has_pts else len(decoded) / FPS
+                pts, tb = frame.pts, frame.time_base
+                t = float(pts * tb) if pts is not None and tb is not None else len(decoded) / FPS
                 decoded.append((t, _fit(frame)))
     except (av.FFmpegError, IndexError) as e:
         raise FramesError(f"{path}: unreadable video: {e}") from e

@@ -8,6 +8,7 @@ that is the largest difference from FD-bench's pipeline.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -47,6 +48,25 @@ _LABELS = {
     "backchannels_per_s": "backchannels / s",
     "jsd": "JSD",
     "score": "TimeSpeak score, ours",
+    "rep_accuracy": "reps counted right within 0.6 s",
+    "false_counts_per_min": "false counts / min",
+    "alert_hit_rate": "alert hit rate within 1.0 s",
+    "alert_latency_p50_s": "alert latency p50 (s)",
+    "false_alerts_per_min": "false alerts / min",
+    "cue_hit_rate": "cue hit rate within 1.0 s",
+    "cue_latency_p50_s": "cue latency p50 (s)",
+    "false_speech_per_min": "false speech / min (utterances)",
+    "answer_accuracy": "answer accuracy (right colour)",
+}
+# Issue 10's targets for the speaking-on-a-cue benchmarks (held-out split), shown beside them.
+TARGETS = {
+    ("rep_counting", "rep_accuracy"): ">= 0.80",
+    ("rep_counting", "false_counts_per_min"): "<= 1",
+    ("visual_alert", "alert_hit_rate"): ">= 0.80",
+    ("visual_alert", "alert_latency_p50_s"): "<= 0.6",
+    ("visual_alert", "false_alerts_per_min"): "<= 1",
+    ("cue_speak", "cue_hit_rate"): ">= 0.70",
+    ("cue_speak", "false_speech_per_min"): "<= 1",
 }
 _DIRECTION = {
     ("pause_handling", "tor"): "lower is better",
@@ -59,6 +79,17 @@ _DIRECTION = {
     ("backchannel", "tor"): "lower is better",
     ("backchannel", "jsd"): "lower is better",
     ("timespeak", "score"): "higher is better",
+    ("rep_counting", "rep_accuracy"): "higher is better",
+    ("rep_counting", "false_counts_per_min"): "lower is better",
+    ("visual_alert", "alert_hit_rate"): "higher is better",
+    ("visual_alert", "alert_latency_p50_s"): "lower is better",
+    ("visual_alert", "false_alerts_per_min"): "lower is better",
+    ("cue_speak", "cue_hit_rate"): "higher is better",
+    ("cue_speak", "cue_latency_p50_s"): "lower is better",
+    ("cue_speak", "false_speech_per_min"): "lower is better",
+    ("visual_question", "tor"): "higher is better",
+    ("visual_question", "latency_s"): "lower is better",
+    ("visual_question", "answer_accuracy"): "higher is better",
 }
 
 NOTES = [
@@ -79,6 +110,15 @@ NOTES = [
     "the system kept talking after the interruption started, over clips where it was talking then.",
     "Backchannel: a clip's TOR is 1 if any output segment is a take-over (fdbench.md); upstream keeps "
     "the last segment's verdict. JSD is 1.0 for a clip with no backchannels.",
+    "Speaking on a cue (ours, model/eval/cue_metrics.py; pooled over clips): rep counting counts a rep "
+    "when its number (word or digits) starts within 0.6 s after the rep completes; every other number "
+    "said after the request is a false count. Visual alerts: a speech onset within 1.0 s after the "
+    "visual event is a hit (latency = onset - event); onsets outside every hit window, from 1.5 s after "
+    "the request on, are false alerts. CueSpeak: the expected word starting within 1.0 s after the cue "
+    "word ends is a hit; other words from 1.5 s after the rule on are false speech, counted as "
+    "utterances (runs without a gap over 0.5 s). Visual question: FD-bench smooth turn-taking plus "
+    "whether the first colour word of the reply is the colour on screen. The harnesses hear audio "
+    "only and speak after silence, so they cannot do these at any speed: their rows show it.",
     "TimeSpeak (ours): (expected onsets matched by a speech onset within ±0.5 s - onsets matching "
     "none) / expected onsets, floored at 0, averaged over clips. Onsets before the request window "
     "(start - 0.5 s) are not counted.",
@@ -97,6 +137,8 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def published_cell(kind: str, metric: str) -> str:
+    if (kind, metric) in TARGETS:
+        return f"target {TARGETS[kind, metric]} (issue 10)"
     key = _PUBLISHED_KEY.get((kind, metric))
     if key is None:
         return ""
@@ -227,6 +269,9 @@ def plot_latencies(systems: Sequence[SystemScores], path: Path) -> None:
         ("interruption stop latency (ours)", lambda s: [x for t in s.tasks.values() if t.kind == "user_interruption"
                                                         for x in t.stop_latencies]),
     ]  # fmt: skip
+    for kind, title in (("visual_alert", "visual alert latency (ours)"), ("cue_speak", "cue latency (ours)")):
+        if any(t.kind == kind for s in systems for t in s.tasks.values()):
+            panels.append((title, functools.partial(_latencies_of, kind)))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     rs = np.random.RandomState(0)
     for ax, (title, get) in zip(axes[0], panels, strict=True):
@@ -245,6 +290,10 @@ def plot_latencies(systems: Sequence[SystemScores], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _latencies_of(kind: str, system: SystemScores) -> list[float]:
+    return [x for t in system.tasks.values() if t.kind == kind for x in t.latencies]
 
 
 def write_report(
