@@ -72,7 +72,7 @@ _TRAIN_NUMBER_SENTENCES = (
 _HELDOUT_NUMBER_SENTENCES = (
     "The bakery sold {w} loaves before noon.",
     "I counted {w} birds sitting on the wire outside.",
-    "He carried {w} boxes up the stairs by himself.",
+    "He carried {w} boxes into the attic by himself.",
     "We planted {w} trees along the back fence.",
     "It took {w} tries before the engine started.",
     "My aunt keeps {w} chickens behind her house.",
@@ -90,7 +90,7 @@ TRAIN_RULES = (
         _opposites(("black", "white"), ("red", "green"), ("blue", "orange")),
         (
             "I painted the old fence {w} last weekend.",
-            "My new jacket is {w} with a small pocket inside.",
+            "My new jacket is {w} with a tiny pocket inside.",
             "We saw a {w} car parked outside the bakery.",
             "The walls in the kitchen are {w} and a bit faded.",
             "She wore a {w} scarf at the wedding.",
@@ -241,7 +241,7 @@ def _respond(d: Dialogue, rule: Rule, s: Placed, rng: np.random.Generator) -> No
     word = normalize(cue.text)
     response = rule.cues[word]
     r = d.say_at_onset(ASSISTANT, f"{response.capitalize()}.", onset)
-    d.event("cue", cue.end, word, response=response, onset=r.start)
+    d.event("cue", cue.end, word, response=response, onset=r.words[0].start)
 
 
 SCENARIOS: dict[str, Callable[[Dialogue, Phrasebook, np.random.Generator], None]] = {"cue_speak": cue_speak}

@@ -314,7 +314,7 @@ def rep_counting(d: Dialogue, p: Phrasebook, rng: np.random.Generator) -> None:
         down, t = rep(t, 1.0)
         word = _number(i + 1)
         last = d.say_at_onset(ASSISTANT, f"{word.capitalize()}.", down + float(rng.uniform(0.2, 0.4)))
-        d.event("rep", down, word, count=i + 1, onset=last.start)
+        d.event("rep", down, word, count=i + 1, onset=last.words[0].start)
     assert last is not None
     stop_at = last.end + float(rng.uniform(0.3, 1.0))
     if after_stop:  # the user stops the count while still going: those reps are not counted
@@ -357,7 +357,7 @@ def visual_alert(d: Dialogue, p: Phrasebook, rng: np.random.Generator) -> None:
     paint = _light(d, rng, look, outline, target, t_event) if kind == "light" else _ball(d, rng, look, outline, t_event)
     alert = _choice(rng, ph.light_alerts if kind == "light" else ph.ball_alerts).format(colour=target)
     a = d.say_at_onset(ASSISTANT, alert[0].upper() + alert[1:], t_event + float(rng.uniform(0.3, 0.6)))
-    d.event("visual_event", t_event, target, onset=a.start)
+    d.event("visual_event", t_event, target, onset=a.words[0].start)
     if rng.random() < 0.4:
         d.say(USER, _choice(rng, ph.thanks), a.end + float(rng.uniform(0.3, 0.8)))
     _check_length(d)
@@ -491,7 +491,7 @@ def visual_question(d: Dialogue, p: Phrasebook, rng: np.random.Generator) -> Non
         gap = _gap(rng)
         d.event("user_end", q.end, q.text, gap=gap)
         a = d.say(ASSISTANT, _choice(rng, ph.answers).format(colour=colour), q.end + gap)
-        d.event("visual_answer", q.end, colour, onset=a.start)
+        d.event("visual_answer", q.end, colour, onset=a.words[0].start)
         if i + 1 < len(placed) and a.end > placed[i + 1].start - 0.3:
             raise Retry("answer runs into the next question")
     _check_length(d)
