@@ -9,6 +9,12 @@ timed at its event's arrival, then snapped to the speech it was spoken in, like 
 
 The client speaks the server's public API only (POST /v1/sessions, POST/DELETE /v1/calls, the
 `events` data channel), so it works against any deployment reachable over HTTP.
+
+A clip with video (`frames/` or `input.mp4`) is sent as a camera too: a VP8 track showing frame
+k from t0 + 0.2k s (90 kHz pts on the same t0 as the audio), so the frames take the real media
+path (encode, RTP, decode, the server's `VideoSampler`). The server keeps at most
+`MICROTURN_VIDEO_FPS` frames per second (default 1): run it with `MICROTURN_VIDEO_FPS=5` for
+every micro-turn to carry its frame, as the offline runner and the training data do.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from model.eval.vad import DEFAULT_VAD, VadConfig, speech_segments
 from model.eval.words import Word, snap_to_speech
 
 FRAME = 320  # 20 ms at 16 kHz
+VIDEO_FPS = 5  # one frame per micro-turn
+VIDEO_CLOCK = 90_000  # RTP video clock
 TAIL_S = 0.6  # keep listening after the clip so the last turn's output arrives
 
 
@@ -39,25 +47,40 @@ class LiveError(RuntimeError):
     """The server refused or dropped the call; the message carries its error."""
 
 
+class ClipClock:
+    """t=0 of a call: the moment the first media frame (audio or video) is handed out."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+
+    def start(self) -> float:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        return self.t0
+
+
 class ClipTrack(MediaStreamTrack):
     """The clip as 20 ms s16 frames at 1x speed (absolute deadlines), then silence."""
 
     kind = "audio"
 
-    def __init__(self, audio: np.ndarray) -> None:
+    def __init__(self, audio: np.ndarray, clock: ClipClock | None = None) -> None:
         super().__init__()
         pcm = np.clip(audio, -1, 1) * 32767
         self._pcm = pcm.astype(np.int16)
         self._n = 0
-        self.t0: float | None = None  # monotonic time the first frame was handed out
+        self.clock = clock or ClipClock()
+
+    @property
+    def t0(self) -> float | None:
+        """Monotonic time the first frame of the call was handed out (None before)."""
+        return self.clock.t0
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
-        if self.t0 is None:
-            self.t0 = now
-        deadline = self.t0 + self._n * FRAME / SAMPLE_RATE
+        deadline = self.clock.start() + self._n * FRAME / SAMPLE_RATE
         if deadline > now:
             await asyncio.sleep(deadline - now)
         chunk = self._pcm[self._n * FRAME : (self._n + 1) * FRAME]
@@ -71,10 +94,41 @@ class ClipTrack(MediaStreamTrack):
         return frame
 
 
+class ClipVideoTrack(MediaStreamTrack):
+    """The clip's frames as a camera: frame k at t0 + 0.2k s, then the last frame held."""
+
+    kind = "video"
+
+    def __init__(self, frames: np.ndarray, clock: ClipClock) -> None:
+        super().__init__()
+        if len(frames) == 0:
+            raise ValueError("no frames to send")
+        self._frames = frames
+        self._n = 0
+        self.clock = clock
+        self.sent = 0
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        deadline = self.clock.start() + self._n / VIDEO_FPS
+        now = time.monotonic()
+        if deadline > now:
+            await asyncio.sleep(deadline - now)
+        img = self._frames[min(self._n, len(self._frames) - 1)]
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+        frame.pts = self._n * VIDEO_CLOCK // VIDEO_FPS
+        frame.time_base = fractions.Fraction(1, VIDEO_CLOCK)
+        self._n += 1
+        self.sent += 1
+        return frame
+
+
 @dataclass
 class _Received:
     audio: np.ndarray
     words: list[tuple[str, float]]  # (word, arrival seconds since t0)
+    video_frames_sent: int = 0
 
 
 class LiveResponder:
@@ -91,7 +145,11 @@ class LiveResponder:
         self.name = name + " (live)"
 
     def respond(self, inp: ClipInput) -> Response:
-        got = asyncio.run(self._call(inp))
+        return asyncio.run(self.respond_async(inp))
+
+    async def respond_async(self, inp: ClipInput) -> Response:
+        """`respond` from inside a running event loop."""
+        got = await self._call(inp)
         n = len(inp.audio)
         duration = n / SAMPLE_RATE
         words = []
@@ -101,15 +159,20 @@ class LiveResponder:
             end = got.words[i + 1][1] if i + 1 < len(got.words) else t + 0.3
             words.append(Word(w, t, min(end, duration)))
         snapped = snap_to_speech(words, speech_segments(got.audio, self.vad))
-        return Response(got.audio, snapped.words, {"voiced_words": snapped.n_voiced, "live": True})
+        info = {"voiced_words": snapped.n_voiced, "live": True, "video_frames_sent": got.video_frames_sent}
+        return Response(got.audio, snapped.words, info)
 
     async def _call(self, inp: ClipInput) -> _Received:
         n = len(inp.audio)
         out = np.zeros(n, np.float32)
         words: list[tuple[str, float]] = []
-        track = ClipTrack(inp.audio)
+        clock = ClipClock()
+        track = ClipTrack(inp.audio, clock)
+        camera = None if inp.video is None or len(inp.video) == 0 else ClipVideoTrack(inp.video, clock)
         pc = RTCPeerConnection()
         pc.addTransceiver(track, direction="sendrecv")
+        if camera is not None:
+            pc.addTransceiver(camera, direction="sendonly")
         channel = pc.createDataChannel("events")
         opened = asyncio.Event()
         failed: list[str] = []
@@ -158,10 +221,12 @@ class LiveResponder:
                     with contextlib.suppress(asyncio.CancelledError):
                         await recorder
                 track.stop()
+                if camera is not None:
+                    camera.stop()
                 await pc.close()
         if failed:
             raise LiveError("; ".join(failed))
-        return _Received(out, words)
+        return _Received(out, words, 0 if camera is None else camera.sent)
 
     async def _auth(self, http: aiohttp.ClientSession) -> dict[str, str]:
         if self.api_key:
