@@ -116,7 +116,7 @@ def test_validation_is_fixed_and_leaves_train_mode(
     data_dir: Path, val_dir: Path, tmp_path: Path, tokenizer: Tokenizer
 ) -> None:
     cfg = micro_config(window=1024)
-    t = tcfg(val_batches=3)
+    t = tcfg(crop_turns=8, val_batches=3)
     tr = Trainer(cfg, t, data_dir, tmp_path / "a", tokenizer=tokenizer, val_dir=val_dir)
     v1 = tr.validate()
     assert tr.model.training
@@ -125,7 +125,9 @@ def test_validation_is_fixed_and_leaves_train_mode(
     assert tr.validate() == v1  # same crops, same flow noise
     other = Trainer(cfg, t, data_dir, tmp_path / "b", tokenizer=tokenizer, val_dir=val_dir)
     assert other.validate() == v1  # keyed on the seed
-    reseeded = Trainer(cfg, tcfg(val_batches=3, seed=1), data_dir, tmp_path / "c", tokenizer=tokenizer, val_dir=val_dir)
+    reseeded = Trainer(
+        cfg, tcfg(crop_turns=8, val_batches=3, seed=1), data_dir, tmp_path / "c", tokenizer=tokenizer, val_dir=val_dir
+    )
     reseeded.model.load_state_dict(tr.model.state_dict())
     assert reseeded.validate() != v1
 
@@ -135,8 +137,8 @@ def test_validation_logs_and_writes_the_best(
 ) -> None:
     cfg = micro_config(window=1024)
     out = tmp_path / "out"
-    tr = Trainer(cfg, tcfg(steps=8, val_every=3, val_batches=2, log_every=5), data_dir, out, tokenizer=tokenizer,
-                 val_dir=val_dir)  # fmt: skip
+    t = tcfg(steps=8, crop_turns=8, val_every=3, val_batches=2, log_every=5)
+    tr = Trainer(cfg, t, data_dir, out, tokenizer=tokenizer, val_dir=val_dir)
     tr.run(progress=False)
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [3, 5, 6, 8]  # every val step is logged, plus log_every and the end
@@ -194,9 +196,9 @@ def test_best_survives_resume(data_dir: Path, val_dir: Path, tmp_path: Path, tok
 
 def test_without_validation_nothing_changes(data_dir: Path, tmp_path: Path, tokenizer: Tokenizer) -> None:
     out = tmp_path / "out"
-    hist = Trainer(micro_config(window=1024), tcfg(steps=4, crop_turns=8, val_every=2), data_dir, out, tokenizer=tokenizer).run(
-        progress=False
-    )
+    hist = Trainer(
+        micro_config(window=1024), tcfg(steps=4, crop_turns=8, val_every=2), data_dir, out, tokenizer=tokenizer
+    ).run(progress=False)
     assert [h["step"] for h in hist] == [1, 2, 3, 4]
     assert not any(k.startswith("val_") for h in hist for k in h)
     assert not (out / "best").exists() and not (out / "best.json").exists()
