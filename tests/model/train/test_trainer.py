@@ -9,7 +9,7 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from model.tokenizer import Tokenizer
-from model.train.dataset import DatasetError, build_example, load_clip
+from model.train.dataset import LEAD_POSITIONS, DatasetError, build_example, load_clip
 from model.train.trainer import Trainer
 from tests.model.conftest import micro_config
 from tests.model.train.conftest import tcfg
@@ -26,7 +26,8 @@ def test_example_alignment(data_dir: Path, tokenizer: Tokenizer) -> None:
     # <delegate> at 2.6 s: OUT_k covers [0.2(k+1), 0.2(k+2)), so output position (2.6 - 0.2) / 0.05 = 48
     assert int(text[48]) == tokenizer.delegate_id
     first_word = tokenizer.encode(" it")[0]
-    assert int(text[round((3.0 - 0.2) / 0.05)]) == first_word
+    # the turn's packed text leads its sound by LEAD_POSITIONS
+    assert int(text[round((3.0 - 0.2) / 0.05) - LEAD_POSITIONS]) == first_word
     # captions come only at or after each user word's end (causal)
     cap = ex.caption_target[0][ex.caption_target[0] >= 0]
     first_cap = int(torch.nonzero(cap).min())

@@ -1,0 +1,184 @@
+"""Can a listener understand the model, and does the model understand the user?
+
+    python -m model.eval.intelligibility --checkpoint checkpoints/tiny --dialogues data/synth/heldout \\
+        [--max-clips 40] [--batch 8] [--json out.json]
+
+Runs the model over whole held-out dialogues (the user channel, micro-turn by micro-turn, as
+serving does; several dialogues batched) and measures two word error rates:
+
+- intelligibility: pocketsphinx ASR of the model's output audio (decoded inside Silero VAD
+  speech) against the model's own text stream over the same clip. The text stream is what the
+  model meant to say; the ASR is what a listener hears.
+- captions: the caption head's text against the words the user actually spoke (the dialogue's
+  alignments), i.e. live captions on voices training never heard.
+
+WER is pooled (total edits / total reference words), after lower-casing and dropping
+punctuation; numbers are compared as written (the ASR spells "four", our text may too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from infra.messages import MicroTurnInput
+from model.attention import KVCache
+from model.checkpoint import load_checkpoint
+from model.interaction import InteractionModel
+from model.session import SessionState, step_batch
+from model.tokenizer import Tokenizer
+
+SAMPLE_RATE = 16000
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def normalize(text: str) -> list[str]:
+    """Lower-case words without punctuation ("It's noon." -> ["it's", "noon"])."""
+    return [w.strip("'") for w in _WORD.findall(text.lower()) if w.strip("'")]
+
+
+def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Levenshtein distance over words (substitutions, insertions, deletions cost 1)."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+@dataclass
+class Wer:
+    edits: int = 0
+    words: int = 0  # reference words
+    clips: int = 0
+
+    def add(self, ref: Sequence[str], hyp: Sequence[str]) -> None:
+        if not ref and not hyp:
+            return
+        self.edits += edit_distance(ref, hyp)
+        self.words += len(ref)
+        self.clips += 1
+
+    @property
+    def rate(self) -> float | None:
+        return self.edits / self.words if self.words else None
+
+
+@dataclass
+class ClipText:
+    clip_id: str
+    model_text: str  # the model's text stream
+    heard: str  # ASR of its output audio
+    captions: str  # the caption head's text
+    spoken: str  # what the user said
+
+
+def run_dialogues(
+    model: InteractionModel, tokenizer: Tokenizer, wavs: Sequence[Path], seed: int = 0
+) -> list[tuple[np.ndarray, str, str]]:
+    """Each dialogue's user channel through the model in one batch: (output audio aligned to the
+    input as in model/eval/runner.py, model text, caption text) per dialogue."""
+    cfg = model.cfg
+    T = cfg.turn_samples
+    users = [sf.read(str(w), dtype="float32", always_2d=True)[0][:, 1] for w in wavs]
+    param = next(model.parameters())
+    cache = KVCache.allocate(cfg, len(wavs), device=param.device, dtype=param.dtype)
+    states = [SessionState.new(cfg, tokenizer, w.stem, seed, slot=b) for b, w in enumerate(wavs)]
+    outs = [np.zeros(len(u), np.float32) for u in users]
+    texts, caps = ["" for _ in wavs], ["" for _ in wavs]
+    n_turns = max(len(u) for u in users) // T + 1
+    model.eval()
+    for k in range(n_turns):
+        live = [b for b, u in enumerate(users) if (k + 1) * T < len(u)]
+        if not live:
+            break
+        inputs = []
+        for b in live:
+            chunk = np.zeros(T, np.float32)
+            piece = users[b][k * T : (k + 1) * T]
+            chunk[: len(piece)] = piece
+            inputs.append(MicroTurnInput.from_arrays(chunk, turn=k, session_id=states[b].session_id))
+        for b, o in zip(live, step_batch(model, cache, tokenizer, [states[b] for b in live], inputs), strict=True):
+            lo, hi = (k + 1) * T, min(len(users[b]), (k + 2) * T)
+            outs[b][lo:hi] = o.audio_array()[: hi - lo]
+            texts[b] += o.text
+            caps[b] += o.caption
+    return list(zip(outs, texts, caps, strict=True))
+
+
+def spoken_words(wav: Path) -> str:
+    """The user's words of a dialogue, from its alignments (model/data layout)."""
+    alignments = json.loads(wav.with_suffix(".json").read_text())["alignments"]
+    return " ".join(str(w) for w, _, spk in alignments if spk == "SPEAKER_USER")
+
+
+def measure(
+    model: InteractionModel, tokenizer: Tokenizer, wavs: Sequence[Path], batch: int = 8, log: bool = True
+) -> tuple[Wer, Wer, list[ClipText]]:
+    from model.eval import asr, silero
+
+    intel, cap = Wer(), Wer()
+    rows: list[ClipText] = []
+    for i in range(0, len(wavs), batch):
+        group = list(wavs[i : i + batch])
+        for wav, (audio, text, captions) in zip(group, run_dialogues(model, tokenizer, group), strict=True):
+            heard = " ".join(w.text for w in asr.transcribe(audio, silero.speech_segments(audio)))
+            spoken = spoken_words(wav)
+            intel.add(normalize(text), normalize(heard))
+            cap.add(normalize(spoken), normalize(captions))
+            rows.append(ClipText(wav.stem, text, heard, captions, spoken))
+        if log:
+            print(
+                f"intelligibility: {min(i + batch, len(wavs))}/{len(wavs)} dialogues, "
+                f"speech WER {_fmt(intel.rate)}, caption WER {_fmt(cap.rate)}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return intel, cap, rows
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True, type=Path)
+    ap.add_argument("--dialogues", required=True, type=Path, help="held-out dialogues (model/data layout)")
+    ap.add_argument("--max-clips", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--json", type=Path, help="write the figures and every clip's texts here")
+    args = ap.parse_args(argv)
+    wavs = sorted(args.dialogues.glob("*.wav"))[: args.max_clips]
+    if not wavs:
+        print(f"error: {args.dialogues}: no dialogue .wav files", file=sys.stderr)
+        return 2
+    ck = load_checkpoint(args.checkpoint)
+    intel, cap, rows = measure(ck.model, ck.tokenizer, wavs, args.batch)
+    print(f"speech WER (ASR of output vs own text): {_fmt(intel.rate)} over {intel.words} words, {intel.clips} clips")
+    print(f"caption WER (caption head vs spoken):   {_fmt(cap.rate)} over {cap.words} words, {cap.clips} clips")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "speech_wer": intel.rate,
+            "speech_words": intel.words,
+            "caption_wer": cap.rate,
+            "caption_words": cap.words,
+            "clips": [asdict(r) for r in rows],
+        }
+        args.json.write_text(json.dumps(payload, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
