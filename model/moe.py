@@ -6,6 +6,17 @@ same fixed order the Triton decode kernel uses. In batch-invariant mode the rout
 and renormalization are built from exact elementwise operations (model/exact.py), so a
 token's routing depends on its own logits alone, not on the softmax kernel's handling of
 the other rows.
+
+Experts run without a host sync and without a Python loop over experts (so the step can be
+captured whole by torch.compile or a CUDA graph), formulated by mode and device:
+- normal mode: one grouped GEMM (`torch._grouped_mm`) over the (token, slot) pairs sorted by
+  expert; group offsets stay a device tensor. The same per-expert GEMMs as grouping by hand.
+- deterministic mode on CUDA: the Triton gather+GEMV kernel (fixed reduction order, no atomics).
+- deterministic mode elsewhere: each pair is a 1-row GEMM of its own expert (`rowwise_matmul`
+  per expert), which needs the per-expert counts on the host: a CPU tensor, so no device sync,
+  but a Python loop over experts and a graph break under torch.compile (see `moe_grouped_rows`).
+`moe_gather` is the PyTorch gather+bmm formulation of the Triton kernel (a device without
+Triton); on a CPU it copies K weight matrices per token and loses to the grouped GEMM.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ from torch import nn
 from model.config import ModelConfig
 from model.exact import softmax as exact_softmax
 from model.kernels import moe_decode
+from model.kernels._dispatch import triton_available
 from model.linear import Linear, rowwise_matmul
 from model.norm import row_sum
 
@@ -95,26 +107,112 @@ class MoE(nn.Module):
         return out, r
 
     def experts(self, x: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """Run each token's chosen experts, grouped by expert; combine slots in slot order."""
-        if self.batch_invariant and x.is_cuda:
-            # Triton gather+GEMV: fixed reduction order per (token, slot), no atomics
-            return moe_decode(x, self.w_gate, self.w_up, self.w_down, idx, weight.to(x.dtype))
-        mm = rowwise_matmul if self.batch_invariant else torch.matmul
-        N, K = idx.shape
-        slot_out = x.new_zeros(N, K, x.shape[1])  # (N, K, D)
-        flat = idx.reshape(-1)
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.cfg.n_experts).tolist()
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            sel = order[start : start + n]  # flat (token, slot) indices routed to e
-            start += n
-            xe = x[sel // K]  # (n, D)
-            h = F.silu(mm(xe, self.w_gate[e])) * mm(xe, self.w_up[e])  # (n, I)
-            slot_out.view(N * K, -1)[sel] = mm(h, self.w_down[e])
-        return _combine(slot_out, weight.to(x.dtype))
+        """Run each token's chosen experts; combine slots in slot order."""
+        w = weight.to(x.dtype)
+        if self.batch_invariant:
+            if x.is_cuda:
+                # Triton gather+GEMV: fixed reduction order per (token, slot), no atomics
+                return moe_decode(x, self.w_gate, self.w_up, self.w_down, idx, w)
+            return _combine(moe_grouped_rows(x, self.w_gate, self.w_up, self.w_down, idx), w)
+        if x.is_cuda and moe_decode_available(x) and idx.numel() <= self.cfg.n_experts:
+            # decode: fewer (token, slot) pairs than experts, so gathering beats grouping
+            return moe_decode(x, self.w_gate, self.w_up, self.w_down, idx, w)
+        grouped = moe_grouped if grouped_mm_supported(x) else moe_gather
+        return _combine(grouped(x, self.w_gate, self.w_up, self.w_down, idx), w)
+
+
+@torch.library.custom_op("microturn::grouped_mm", mutates_args=())
+def _grouped_mm_op(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    return torch._grouped_mm(a, b, offs=offs)
+
+
+@_grouped_mm_op.register_fake
+def _(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    return a.new_empty(a.shape[0], b.shape[-1])
+
+
+def grouped_mm(a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """(M, K) rows grouped by `offs` @ (G, K, N) -> (M, N). Under torch.compile through an opaque
+    custom op: the fake (shape) function of `torch._grouped_mm` accepts bf16 only, the CPU
+    kernel any float dtype."""
+    if torch.compiler.is_compiling():
+        return _grouped_mm_op(a, b, offs)
+    return torch._grouped_mm(a, b, offs=offs)
+
+
+def _sort_pairs(idx: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) expert ids -> (flat (token, slot) pair indices sorted by expert (stable), (E,)
+    int32 end offset of each expert's group). Both stay on the device: no host sync."""
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.zeros(n_experts, dtype=torch.int32, device=idx.device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))
+    return order, torch.cumsum(counts, 0, dtype=torch.int32)
+
+
+def moe_grouped(
+    x: torch.Tensor,  # (N, D)
+    w_gate: torch.Tensor,  # (E, D, I)
+    w_up: torch.Tensor,  # (E, D, I)
+    w_down: torch.Tensor,  # (E, I, D)
+    idx: torch.Tensor,  # (N, K)
+) -> torch.Tensor:  # (N, K, D) each slot's expert output
+    """Every (token, slot) pair through its expert as one grouped GEMM per projection, sorted by
+    expert with device-side offsets: no host sync, no loop over experts, work = N*K rows."""
+    N, K = idx.shape
+    order, offs = _sort_pairs(idx, w_gate.shape[0])
+    xs = x[order // K]  # (N*K, D) pairs grouped by expert
+    h = F.silu(grouped_mm(xs, w_gate, offs)) * grouped_mm(xs, w_up, offs)
+    ys = grouped_mm(h, w_down, offs)  # (N*K, D)
+    out = torch.empty_like(ys)
+    out[order] = ys  # back to (token, slot) order
+    return out.view(N, K, -1)
+
+
+def moe_grouped_rows(
+    x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:  # (N, K, D)
+    """`moe_grouped` with every pair a 1-row GEMM (batch-invariant; model/linear.py). Each
+    expert's row count must be known on the host to slice its group: on a CPU that is a host
+    read of a host tensor, not a device sync; on CUDA the Triton kernel replaces this."""
+    N, K = idx.shape
+    order, offs = _sort_pairs(idx, w_gate.shape[0])
+    xs = x[order // K]
+    ys = torch.empty_like(xs)
+    start = 0
+    for e, end in enumerate(offs.tolist()):
+        if end > start:
+            xe = xs[start:end]
+            h = F.silu(rowwise_matmul(xe, w_gate[e])) * rowwise_matmul(xe, w_up[e])
+            ys[start:end] = rowwise_matmul(h, w_down[e])
+        start = end
+    out = torch.empty_like(ys)
+    out[order] = ys
+    return out.view(N, K, -1)
+
+
+def moe_gather(
+    x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:  # (N, K, D)
+    """Gather+bmm: each pair gathers its expert's weights and runs three GEMVs (sync-free; every
+    pair the same arithmetic, so batch-invariant like `rowwise_matmul`)."""
+    N, K = idx.shape
+    flat = idx.reshape(-1)
+    xp = x[:, None].expand(N, K, x.shape[1]).reshape(N * K, 1, x.shape[1])  # (N*K, 1, D)
+    h = F.silu(torch.bmm(xp, w_gate[flat])) * torch.bmm(xp, w_up[flat])  # (N*K, 1, I)
+    return torch.bmm(h, w_down[flat]).view(N, K, -1)
+
+
+def grouped_mm_supported(x: torch.Tensor) -> bool:
+    """`torch._grouped_mm` runs on CPU in any float dtype, on CUDA in bf16 on sm90+ only."""
+    if not x.is_cuda:
+        return True
+    return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
+
+
+def moe_decode_available(x: torch.Tensor) -> bool:
+    """The Triton decode kernel can run on x's device."""
+    return x.is_cuda and triton_available()
 
 
 def _combine(slot_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
