@@ -115,3 +115,23 @@ def test_bf16_export_loads_as_fp32(tmp_path: Path, micro_model: InteractionModel
     w = ck.model.state_dict()["text_head.weight"]
     assert w.dtype == torch.float32
     assert torch.equal(w, micro_model.state_dict()["text_head.weight"].to(torch.bfloat16).float())
+
+
+def test_checkpoint_from_before_the_turn_head_loads_with_it_zeroed(saved: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = saved / "model.safetensors"
+    state = {k: v for k, v in load_file(str(weights)).items() if not k.startswith("turn_head.")}
+    save_file(state, str(weights))
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["sha256"]["model.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    ck = load_checkpoint(saved)
+    assert float(ck.model.turn_head.weight.abs().sum() + ck.model.turn_head.bias.abs().sum()) == 0.0
+    # any other missing tensor is still an error
+    del state["text_head.weight"]
+    save_file(state, str(weights))
+    manifest["sha256"]["model.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="text_head.weight"):
+        load_checkpoint(saved)
