@@ -39,7 +39,7 @@ from model.data.scenarios import (
 TALK_S = (8.0, 12.0)
 N_CUES = (2, 4)
 DELAY_S = (0.2, 0.5)  # response onset after the cue word's end
-MAX_END = 18.6  # the talk ends by then: the clip ends 0.4-1.2 s later, under MAX_DURATION
+MAX_END = 18.0  # the talk ends by then: the clip ends 0.4-1.2 s later, under MAX_DURATION
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,10 @@ class Rule:
     phrasings: tuple[str, ...]
     cues: dict[str, str]  # cue word -> the word the assistant says
     sentences: tuple[str, ...]  # one {w} slot each, never the last word: the user talks on
+    fits: tuple[tuple[str, ...], ...] = ()  # per sentence, the cue words that make sense in it (default all)
+
+    def words_for(self, i: int) -> tuple[str, ...]:
+        return self.fits[i] if self.fits else tuple(self.cues)
 
 
 def _numbers(step: int, lo: int, hi: int) -> dict[str, str]:
@@ -110,6 +114,15 @@ TRAIN_RULES = (
             "They live in a {w} house at the end of the road.",
             "The water in the lake felt {w} this morning.",
             "He ordered a {w} coffee and sat by the window.",
+            "We adopted a {w} dog from the shelter last spring.",
+        ),
+        (
+            ("hot", "cold"),
+            ("hot", "cold"),
+            ("big", "small"),
+            ("cold",),
+            ("hot", "cold", "big", "small"),
+            ("big", "small"),
         ),
     ),
 )
@@ -150,6 +163,7 @@ HELDOUT_RULES = (
             "We walked {w} the hill behind the school.",
             "The new train is quite {w} on the coast line.",
         ),
+        (("up", "down"), ("fast", "slow"), ("up", "down"), ("fast", "slow")),
     ),
 )
 TRAIN_FILLERS = (
@@ -192,29 +206,30 @@ def cue_speak(d: Dialogue, p: Phrasebook, rng: np.random.Generator) -> None:
         ack = d.say(ASSISTANT, _choice(rng, acks), u.end + _gap(rng))
         t = ack.end + float(rng.uniform(0.4, 1.0))
 
-    # the talk fits the clip: 8-12 s, less if the rule took long (clips stay under 20 s)
-    talk_s = min(float(rng.uniform(*TALK_S)), MAX_END - t)
-    if talk_s < TALK_S[0]:
+    # the talk lasts 8-12 s and fits the clip (clips stay under 20 s); every synthesis costs,
+    # so sentences are added until the target is reached, and a miss is retried whole
+    limit = min(TALK_S[1] + 0.5, MAX_END - t)
+    if limit < TALK_S[0]:
         raise Retry("no room for the talk")
+    talk_s = float(rng.uniform(TALK_S[0], min(TALK_S[1], limit - 0.5)))
     n_cues = int(rng.integers(N_CUES[0], N_CUES[1] + 1))
-    words = list(rule.cues)
     utts: list[tuple[Utterance, bool]] = []
     total = 0.0
     for i in rng.permutation(len(rule.sentences))[:n_cues]:
-        utt = d.synth(USER, rule.sentences[int(i)].format(w=_choice(rng, words)))
-        if len(utts) >= N_CUES[0] and total + utt.duration > talk_s:
+        utt = d.synth(USER, rule.sentences[int(i)].format(w=_choice(rng, rule.words_for(int(i)))))
+        if len(utts) >= N_CUES[0] and total + utt.duration > limit:
             break
         utts.append((utt, True))
         total += utt.duration + 0.3
     for i in rng.permutation(len(fillers)):
-        if total >= talk_s - 1.0:
+        if total >= talk_s:
             break
         utt = d.synth(USER, fillers[int(i)])
-        if total + utt.duration > talk_s + 1.0:
-            continue
+        if total + utt.duration > limit:
+            break
         utts.append((utt, False))
         total += utt.duration + 0.3
-    if total < TALK_S[0] - 0.5:
+    if total < TALK_S[0] - 0.3:
         raise Retry("talk too short")
     order = rng.permutation(len(utts))
     talk_start = t

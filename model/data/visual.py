@@ -290,7 +290,9 @@ def rep_counting(d: Dialogue, p: Phrasebook, rng: np.random.Generator) -> None:
         ack = d.say(ASSISTANT, _choice(rng, ph.rep_acks), u.end + _gap(rng))
         t = max(t, ack.end - 0.3)  # the first rep is never done before ~1 s after this
     tempo = float(rng.uniform(1.2, 3.0))  # seconds per rep
-    n_full = int(rng.integers(3, 8))
+    # as many reps as fit (slow ones, a pause or a half rep included) before the stop, under 20 s
+    n_fit = int((17.0 - t - 2.0) // (tempo * 1.15 + 0.5))
+    n_full = int(rng.integers(3, max(3, min(7, n_fit)) + 1))
     partial_before = int(rng.integers(0, n_full)) if rng.random() < 0.6 else -1
     after_stop = int(rng.integers(1, 3)) if rng.random() < 0.3 else 0  # reps the user does after "stop"
     motion: list[Segment] = []
