@@ -6,8 +6,10 @@ and write the report.
                    [--vad-threshold DBFS] [--vad-adaptive MARGIN_DB] [--score-only]
 
 Outputs land beside each input (output.wav/.json for the model, output_baseline.* for the
-baseline); the report goes to --out (default ROOT/eval_report). --score-only scores outputs
-already on disk (e.g. written by a live runner or another model's inference script).
+baseline); the report goes to --out (default ROOT/eval_report). Clips exported from generated
+dialogues (model/eval/dialogues.py) carry output_reference.*, scored as the `reference` column.
+--score-only scores outputs already on disk (e.g. written by a live runner or another model's
+inference script).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from model.eval.layout import BASELINE_STEM, MODEL_STEM, LayoutError, discover
+from model.eval.layout import BASELINE_STEM, MODEL_STEM, REFERENCE_STEM, LayoutError, discover
+
+REFERENCE_NAME = "reference"
 
 
 def _have(*modules: str) -> bool:
@@ -169,6 +173,9 @@ def run_eval(args: argparse.Namespace) -> int:
             stems.append((BASELINE_STEM, baseline_name))
         if smart_turn:
             stems.append((SMART_TURN_STEM, smart_name))
+        if all(c.output_wav(REFERENCE_STEM).is_file() for c in clips):
+            stems.append((REFERENCE_STEM, REFERENCE_NAME))
+            meta[REFERENCE_NAME] = "the generated dialogue's own assistant, exported beside each input (ceiling)"
         systems: list[SystemScores] = []
         if strict:
             meta["scoring"] = (

@@ -19,11 +19,15 @@ task is about (FD-bench scores take-over over the whole output):
 
 Speaking on a cue (issue 10; json formats in model/eval/layout.py, scores in cue_metrics.py).
 Video scenarios also write `frames/` (one PNG per micro-turn, from `<id>.frames.npz`):
-- rep_counting: the request, the reps (full, partial, paused) and the "stop", plus `STOP_TAIL_S`.
+- rep_counting: the request, the reps (full, partial, paused), the "stop" and any reps the user
+  does after it (not to be counted), plus `STOP_TAIL_S`.
 - visual_alert: the request and every visual event and distractor, plus `ALERT_TAIL_S`.
-- visual_question: the question at a moment, then `TURN_TAIL_S` to answer in (question.json and
-  FD-bench's turn_taking.json).
-- cue_speak (audio only): the rule and the talk with its cues, plus `CUE_TAIL_S` after the last.
+- visual_question: the first question at a moment, then `TURN_TAIL_S` to answer in (question.json
+  and FD-bench's turn_taking.json).
+- cue_speak (audio only): the rule and the talk with its cues, plus `CUE_TAIL_S` after the talk.
+
+Each clip also gets `output_reference.wav/.json`: the generated assistant cropped the same
+way, scored by `microturn eval` as the `reference` system (the ceiling of the scoring).
 
     python -m model.eval.dialogues --dialogues data/synth/heldout --root data/fdbench-heldout
 """
@@ -41,6 +45,8 @@ import numpy as np
 import soundfile as sf
 
 from model.eval.frames import write_frames
+from model.eval.layout import REFERENCE_STEM, SAMPLE_RATE, Clip, resample, write_output
+from model.eval.words import Word
 
 PAUSE_TAIL_S = 0.5
 TURN_TAIL_S = 4.0
@@ -77,6 +83,7 @@ def export_fdbench(dialogues: Path, root: Path, max_per_task: int | None = None)
         sf.write(str(out / "input.wav"), np.asarray(user), sr, subtype="PCM_16")
         for name, content in files.items():
             (out / name).write_text(json.dumps(content, indent=1) + "\n")
+        _write_reference(wav, meta, audio[: len(user), 0], sr, Clip(task, "", wav.stem, out))
         npz = wav.with_name(wav.stem + ".frames.npz")
         if task in VIDEO_TASKS and npz.is_file():
             with np.load(npz) as z:
@@ -84,6 +91,17 @@ def export_fdbench(dialogues: Path, root: Path, max_per_task: int | None = None)
             write_frames(out, frames[: math.ceil(len(user) / sr / TURN_S - 1e-9)])
         counts[task] += 1
     return counts
+
+
+def _write_reference(wav: Path, meta: dict, assistant: np.ndarray, sr: int, clip: Clip) -> None:
+    """The generated assistant (channel 0, its aligned words) as the `reference` system: what a
+    model that learned the data exactly would say, so its scores are the ceiling of the scoring
+    itself (ASR and VAD included)."""
+    speaker = meta.get("speakers", {}).get("assistant", "SPEAKER_MAIN")
+    duration = len(assistant) / sr
+    align = json.loads(wav.with_name(wav.stem + ".json").read_text()).get("alignments", [])
+    words = [Word(t, float(a), min(float(b), duration)) for t, (a, b), spk in align if spk == speaker and a < duration]
+    write_output(clip, resample(assistant, sr, SAMPLE_RATE), words, REFERENCE_STEM)
 
 
 def _task_for(scenario: str, ev: dict[str, dict], events: list[dict]) -> tuple[str | None, float, dict[str, object]]:
@@ -133,13 +151,15 @@ def _cue_task_for(
     if scenario == "rep_counting" and "rep_request" in ev:
         reps = [{"time": e["time"], "count": e["count"], "text": e.get("text", "")} for e in of("rep")]
         stop = ev.get("stop")
+        uncounted = [e["time"] for e in of("uncounted_rep")]  # reps after "stop": counting them is false
         spec = {
             "request": _end_of(ev["rep_request"]),
             "reps": reps,
             "partials": [e["time"] for e in of("partial_rep")],
+            "uncounted": uncounted,
             "stop": None if stop is None else stop["time"],
         }
-        end = stop["end"] + STOP_TAIL_S if stop else math.inf
+        end = max([stop["end"], *uncounted]) + STOP_TAIL_S if stop else math.inf
         return "rep_counting", end, {"reps.json": spec}
     if scenario == "visual_alert" and "alert_request" in ev:
         alerts = [{"time": e["time"], "text": e.get("text", "")} for e in of("visual_event")]
@@ -158,7 +178,8 @@ def _cue_task_for(
     if scenario == "cue_speak" and "cue_rule" in ev:
         cues = [{"time": e["time"], "text": e.get("text", ""), "response": e["response"]} for e in of("cue")]
         spec = {"rule": ev["cue_rule"].get("text", ""), "rule_time": _end_of(ev["cue_rule"]), "cues": cues}
-        end = max((c["time"] for c in cues), default=math.inf) + CUE_TAIL_S
+        talk = ev.get("cue_talk", {})  # the user's talk after the rule; speech after it is false too
+        end = max([c["time"] for c in cues] + [talk.get("end", 0.0)], default=math.inf) + CUE_TAIL_S
         return "cue_speak", end, {"cues.json": spec}
     return None, 0.0, {}
 

@@ -37,6 +37,7 @@ from model.eval.words import Word, words_from_json, words_to_json
 SAMPLE_RATE = 16000
 MODEL_STEM = "output"
 BASELINE_STEM = "output_baseline"
+REFERENCE_STEM = "output_reference"  # the generated dialogue's own assistant (model/eval/dialogues.py)
 KINDS = (
     "pause_handling",
     "smooth_turn_taking",
@@ -50,7 +51,7 @@ KINDS = (
 )
 # Ours, speaking on a cue (model/eval/cue_metrics.py); the json formats:
 #   reps.json      {"request": t, "reps": [{"time": completion, "count": n, "text": "three"}, ...],
-#                   "partials": [t, ...], "stop": t | null}
+#                   "partials": [t, ...], "uncounted": [t, ...] (reps after "stop"), "stop": t | null}
 #   alerts.json    {"request": t, "events": [{"time": t, "text": "green"}, ...], "distractors": [t, ...]}
 #   cues.json      {"rule": text, "rule_time": t, "cues": [{"time": cue word end, "text": cue, "response": w}, ...]}
 #   question.json  {"question": text, "user_end": t, "answer": colour} (+ FD-bench's turn_taking.json)

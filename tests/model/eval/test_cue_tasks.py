@@ -18,7 +18,7 @@ from model.eval import frames as F
 from model.eval import runner, synth
 from model.eval.baselines import HarnessBaseline
 from model.eval.dialogues import export_fdbench
-from model.eval.layout import BASELINE_STEM, LayoutError, discover
+from model.eval.layout import BASELINE_STEM, REFERENCE_STEM, LayoutError, discover
 from model.eval.report import build_report, render_markdown
 from model.eval.runner import ClipInput, clip_input, run_model_rows, run_responder
 from model.eval.scoring import score_system
@@ -170,6 +170,7 @@ def test_generated_dialogues_export_to_cue_tasks(tmp_path: Path) -> None:
         {"type": "partial_rep", "time": 4.0},
         {"type": "rep", "time": 5.5, "text": "two", "count": 2},
         {"type": "stop", "time": 7.0, "end": 7.6},
+        {"type": "uncounted_rep", "time": 8.2},
     ], video=True)  # fmt: skip
     write_dialogue(dlg, "a0", 12.0, "visual_alert", [
         {"type": "alert_request", "time": 1.2},
@@ -184,6 +185,7 @@ def test_generated_dialogues_export_to_cue_tasks(tmp_path: Path) -> None:
         {"type": "cue_rule", "time": 1.5, "text": "whenever I say a colour, say its opposite"},
         {"type": "cue", "time": 4.0, "text": "black", "response": "white"},
         {"type": "cue", "time": 6.5, "text": "up", "response": "down"},
+        {"type": "cue_talk", "time": 3.0, "end": 8.0},
     ], video=False)  # fmt: skip
     counts = export_fdbench(dlg, tmp_path / "fdb")
     assert dict(counts) == {"rep_counting": 1, "visual_alert": 1, "visual_question": 1, "cue_speak": 1}
@@ -195,9 +197,9 @@ def test_generated_dialogues_export_to_cue_tasks(tmp_path: Path) -> None:
         return info.frames / info.samplerate
 
     reps = clips["rep_counting"].meta()
-    assert reps["request"] == 1.0 and reps["partials"] == [4.0] and reps["stop"] == 7.0
+    assert reps["request"] == 1.0 and reps["partials"] == [4.0] and reps["stop"] == 7.0 and reps["uncounted"] == [8.2]
     assert [(r["time"], r["count"]) for r in reps["reps"]] == [(3.0, 1), (5.5, 2)]
-    assert duration("rep_counting") == pytest.approx(8.6)  # stop end + 1 s
+    assert duration("rep_counting") == pytest.approx(9.2)  # the rep after "stop" + 1 s
     alerts = clips["visual_alert"].meta()
     assert alerts == {"request": 1.2, "events": [{"time": 5.0, "text": "green"}], "distractors": [3.0]}
     assert duration("visual_alert") == pytest.approx(6.5)
@@ -206,13 +208,13 @@ def test_generated_dialogues_export_to_cue_tasks(tmp_path: Path) -> None:
     assert (clips["visual_question"].path / "turn_taking.json").is_file()
     cues = clips["cue_speak"].meta()
     assert cues["rule_time"] == 1.5 and [c["response"] for c in cues["cues"]] == ["white", "down"]
-    assert duration("cue_speak") == pytest.approx(8.0)
+    assert duration("cue_speak") == pytest.approx(9.5)  # the end of the user's talk + 1.5 s
 
     # video tasks carry one frame per micro-turn of the cropped clip, the generator's pixels exactly
     with np.load(dlg / "r0.frames.npz") as z:
         src = z["frames"]
     got = clips["rep_counting"].frames()
-    assert got is not None and len(got) == 43 and np.array_equal(got, src[:43])  # ceil(8.6 / 0.2)
+    assert got is not None and len(got) == 46 and np.array_equal(got, src[:46])  # ceil(9.2 / 0.2)
     assert clips["visual_alert"].frames() is not None
     assert clips["cue_speak"].frames() is None
 
@@ -249,3 +251,33 @@ def test_perfect_outputs_score_full_marks_and_the_harness_scores_zero(tmp_path: 
     for label in ("reps counted right", "false counts / min", "alert hit rate", "alert latency p50",
                   "false alerts / min", "cue hit rate", "false speech / min", "answer accuracy"):  # fmt: skip
         assert label in md
+
+
+def test_generated_cue_dialogues_score_full_marks_for_their_own_assistant(tmp_path: Path) -> None:
+    """Generator -> exporter -> scorers agree: the dialogue's own assistant (exported as the
+    `reference` system, words from its alignments) meets every target; the harness hits nothing."""
+    from model.data.generate import generate
+
+    scenarios = ["rep_counting", "visual_alert", "visual_question", "cue_speak"]
+    generate(tmp_path / "dlg", n_clips=4, split="heldout", seed=5, scenarios=scenarios, progress=False)
+    counts = export_fdbench(tmp_path / "dlg" / "heldout", tmp_path / "fdb")
+    assert set(counts) == set(scenarios)
+    for clip in discover(tmp_path / "fdb"):
+        frames = clip.frames()
+        if clip.kind == "cue_speak":
+            assert frames is None
+        else:
+            info = sf.info(str(clip.input_wav))
+            assert frames is not None and len(frames) == int(np.ceil(info.frames / info.samplerate / 0.2 - 1e-9))
+    ref = {t: s.metrics for t, s in score_system(tmp_path / "fdb", REFERENCE_STEM, "reference").tasks.items()}
+    assert ref["rep_counting"]["rep_accuracy"] == 1.0 and ref["rep_counting"]["false_counts_per_min"] == 0.0
+    assert ref["visual_alert"]["alert_hit_rate"] == 1.0 and ref["visual_alert"]["false_alerts_per_min"] == 0.0
+    assert ref["visual_alert"]["alert_latency_p50_s"] <= 0.6  # type: ignore[operator]
+    assert ref["cue_speak"]["cue_hit_rate"] == 1.0 and ref["cue_speak"]["false_speech_per_min"] == 0.0
+    assert ref["visual_question"]["answer_accuracy"] == 1.0
+
+    run_responder(HarnessBaseline(), tmp_path / "fdb", log=lambda _: None)
+    h = {t: s.metrics for t, s in score_system(tmp_path / "fdb", BASELINE_STEM, "harness").tasks.items()}
+    assert h["rep_counting"]["rep_accuracy"] == 0.0
+    assert h["visual_alert"]["alert_hit_rate"] == 0.0
+    assert h["cue_speak"]["cue_hit_rate"] == 0.0
