@@ -12,6 +12,13 @@ slack, so a chunk's keys are written first and attention then reads the cache al
 place (no concatenation, and no copy at all when the batch's slots are contiguous). Memory
 per session is bounded, so a call never ends at a context limit.
 
+No host sync and no data-dependent shape: every chunk token is written with one index_put;
+a token that must not land (ragged padding, or an old position of a chunk longer than the
+ring) goes to one extra trash entry at the end of each slot, whose position stays -1 so it is
+never attended. The caller says which rows and how many entries to read from host-side
+knowledge (`CacheContext.begin`: `rows`, `kv_len`), so nothing reads tensors back. The mask
+is built once per forward and shared by every layer.
+
 Batch-invariant mode (deterministic serving) attends session by session instead of over the
 whole batch at once. An attention kernel blocks query rows by the query length it is given
 (PyTorch's CPU flash kernel picks 32, 64 or 256 rows from it), and in a ragged prefill that
@@ -34,7 +41,7 @@ from torch import nn
 from model.config import ModelConfig
 from model.linear import Linear
 
-# (batch rows, chunk columns, cache entries) of the chunk tokens a forward stores
+# (slot, entry, kept) of every chunk token, each (B, T): where a forward stores it
 Where = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -52,14 +59,29 @@ class KVCache:
     def allocate(
         cls, cfg: ModelConfig, slots: int, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> KVCache:
-        shape = (cfg.n_layers, slots, cfg.n_kv_heads, cfg.cache_len, cfg.head_dim)
+        shape = (cfg.n_layers, slots, cfg.n_kv_heads, cfg.cache_len + 1, cfg.head_dim)  # + the trash entry
         return cls(
             k=torch.zeros(shape, device=device, dtype=dtype),
             v=torch.zeros(shape, device=device, dtype=dtype),
-            pos=torch.full((slots, cfg.cache_len), -1, device=device, dtype=torch.long),
+            pos=torch.full((slots, cfg.cache_len + 1), -1, device=device, dtype=torch.long),
             n_sinks=cfg.n_sinks,
             ring_len=cfg.ring_len,
         )
+
+    @property
+    def cache_len(self) -> int:
+        """Entries a query may attend to (the trash entry after them never)."""
+        return self.pos.shape[1] - 1
+
+    def bytes_per_slot(self) -> int:
+        return 2 * self.k[:, 0].numel() * self.k.element_size() + self.pos[0].numel() * self.pos.element_size()
+
+    def move(self, src: int, dst: int) -> None:
+        """Move a session's entries to another slot (keeps the active slots packed)."""
+        self.k[:, dst] = self.k[:, src]
+        self.v[:, dst] = self.v[:, src]
+        self.pos[dst] = self.pos[src]
+        self.reset(src)
 
     def reset(self, slot: int) -> None:
         """Forget a slot entirely: nothing of its previous session stays visible."""
@@ -70,31 +92,30 @@ class KVCache:
     def ring_index(self, pos: torch.Tensor) -> torch.Tensor:
         return torch.where(pos < self.n_sinks, pos, self.n_sinks + (pos - self.n_sinks) % self.ring_len)
 
-    def rows(self, slots: torch.Tensor) -> slice | torch.Tensor:
-        """Index of the batch's slots: a slice (a view, no copy) when they are contiguous."""
-        s = slots.tolist()
-        if s == list(range(s[0], s[0] + len(s))):
-            return slice(s[0], s[0] + len(s))
+    def rows(self, slots: list[int]) -> slice | list[int]:
+        """Index of the batch's slots (host ints): a slice (a view, no copy) when contiguous."""
+        if slots == list(range(slots[0], slots[0] + len(slots))):
+            return slice(slots[0], slots[0] + len(slots))
         return slots
 
     def begin(self, slots: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> Where:
-        """Record a chunk's positions before its layers run; returns (rows, cols) to write at.
+        """Record a chunk's positions before its layers run; returns where its tokens go.
 
         A chunk longer than the ring keeps only its newest positions, so no two writes of one
-        chunk land on the same entry.
+        chunk land on the same entry; the others (and padding) go to the trash entry.
         """
         newest = torch.where(valid, pos, -1).amax(dim=1, keepdim=True)  # (B, 1)
         keep = valid & ((pos < self.n_sinks) | (pos > newest - self.ring_len))
-        b, t = keep.nonzero(as_tuple=True)
-        cols = self.ring_index(pos[b, t])
-        self.pos[slots[b], cols] = pos[b, t]
-        return b, t, cols
+        cols = torch.where(keep, self.ring_index(pos), self.cache_len)  # (B, T)
+        rows = slots[:, None].expand_as(cols)
+        self.pos[rows, cols] = torch.where(keep, pos, -1)
+        return rows, cols, keep
 
     def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor, where: Where) -> None:
         """k, v: (B, Hkv, T, hd) of the chunk; `where` from `begin`."""
-        b, t, cols = where
-        self.k[layer, slots[b], :, cols] = k[b, :, t]
-        self.v[layer, slots[b], :, cols] = v[b, :, t]
+        rows, cols, _ = where
+        self.k[layer, rows, :, cols] = k.transpose(1, 2)  # index (B, T) x (Hkv, hd)
+        self.v[layer, rows, :, cols] = v.transpose(1, 2)
 
 
 def rope_angles(pos: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +140,17 @@ def attention_mask(qpos: torch.Tensor, kpos: torch.Tensor, n_sinks: int, window:
     return allowed[:, None]
 
 
+def gqa_mask(
+    qpos: torch.Tensor, kpos: torch.Tensor, valid: torch.Tensor, n_sinks: int, window: int, rep: int
+) -> torch.Tensor:
+    """The batched attention mask of one forward, shared by its layers: (B, 1, rep*T, Tk), each kv
+    head's `rep` query heads folded into its query rows (see `attend`)."""
+    mask = attention_mask(qpos, kpos, n_sinks, window)  # (B, 1, T, Tk)
+    # Padding queries attend to key 0 only, so no row is fully masked (SDPA would give NaN).
+    mask[..., 0] |= ~valid[:, None, :]
+    return mask.repeat(1, 1, rep, 1)
+
+
 def attend(
     q: torch.Tensor,  # (B, H, T, hd)
     k: torch.Tensor,  # (B, Hkv, Tk, hd)
@@ -128,16 +160,17 @@ def attend(
     valid: torch.Tensor,  # (B, T) real queries (False = ragged padding)
     n_sinks: int,
     window: int,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Grouped-query attention over the whole batch in one SDPA call -> (B, H, T, hd)."""
+    """Grouped-query attention over the whole batch in one SDPA call -> (B, H, T, hd).
+    `mask`: `gqa_mask` of these arguments when the caller built it already."""
     B, H, T, hd = q.shape
-    mask = attention_mask(qpos, kpos, n_sinks, window)  # (B, 1, T, Tk)
-    # Padding queries attend to key 0 only, so no row is fully masked (SDPA would give NaN).
-    mask[..., 0] |= ~valid[:, None, :]
     # GQA without copying the cache: fold each kv head's query heads into its query rows.
     rep = H // k.shape[1]
+    if mask is None:
+        mask = gqa_mask(qpos, kpos, valid, n_sinks, window, rep)
     qg = q.reshape(B, k.shape[1], rep * T, hd)  # (B, Hkv, rep*T, hd)
-    y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(1, 1, rep, 1))
+    y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)
     return y.view(B, H, T, hd)
 
 
@@ -200,6 +233,7 @@ class Attention(nn.Module):
         pos: torch.Tensor,  # (B, T) absolute positions
         valid: torch.Tensor,  # (B, T) real tokens (False = ragged padding)
         ctx: CacheContext | None = None,
+        mask: torch.Tensor | None = None,  # gqa_mask of this forward (built here when None)
     ) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, H, T, hd)
@@ -211,9 +245,13 @@ class Attention(nn.Module):
             k_all, v_all, kpos = k, v, torch.where(valid, pos, -1)
         else:  # streaming: write first, then read the slots' cache in place
             ctx.cache.write(self.layer, ctx.slots, k, v, ctx.where)
-            k_all, v_all, kpos = ctx.cache.k[self.layer, ctx.rows], ctx.cache.v[self.layer, ctx.rows], ctx.kpos
-        fn = attend_per_session if self.batch_invariant else attend
-        y = fn(q, k_all, v_all, pos, kpos, valid, self.cfg.n_sinks, self.cfg.window)  # (B, H, T, hd)
+            n = ctx.kpos.shape[1]
+            k_all, v_all = ctx.cache.k[self.layer, ctx.rows, :, :n], ctx.cache.v[self.layer, ctx.rows, :, :n]
+            kpos = ctx.kpos
+        if self.batch_invariant:
+            y = attend_per_session(q, k_all, v_all, pos, kpos, valid, self.cfg.n_sinks, self.cfg.window)
+        else:
+            y = attend(q, k_all, v_all, pos, kpos, valid, self.cfg.n_sinks, self.cfg.window, mask)  # (B, H, T, hd)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
@@ -226,10 +264,25 @@ class CacheContext:
     slots: torch.Tensor  # (B,)
     rows: slice | torch.Tensor
     where: Where
-    kpos: torch.Tensor  # (B, C)
+    kpos: torch.Tensor  # (B, n) positions of the first n entries, the only ones read
 
     @classmethod
-    def begin(cls, cache: KVCache, slots: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor) -> CacheContext:
+    def begin(
+        cls,
+        cache: KVCache,
+        slots: torch.Tensor,
+        pos: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        rows: slice | list[int] | None = None,
+        kv_len: int | None = None,
+    ) -> CacheContext:
+        """`rows`: `KVCache.rows` of the slots, from host ints (computed from `slots` when None,
+        a host read). `kv_len`: how many leading entries can be filled (the rest are empty and
+        need not be read: a young session's ring has not wrapped); None = all."""
         where = cache.begin(slots, pos, valid)
-        rows = cache.rows(slots)
-        return cls(cache=cache, slots=slots, rows=rows, where=where, kpos=cache.pos[rows])
+        if rows is None:
+            rows = cache.rows(slots.tolist())
+        index: slice | torch.Tensor = rows if isinstance(rows, slice) else slots
+        n = cache.cache_len if kv_len is None else min(kv_len, cache.cache_len)
+        return cls(cache=cache, slots=slots, rows=index, where=where, kpos=cache.pos[index, :n])

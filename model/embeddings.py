@@ -58,17 +58,18 @@ class InputEmbedding(nn.Module):
         x = self.stream(p.stream) + self.time(
             sinusoidal(p.time, self.cfg.time_embed_dim, TIME_MIN_PERIOD_S, TIME_MAX_PERIOD_S)
         )  # (B, T, D)
-        content = x.new_zeros(B, T, D)
-        audio = (p.stream == USER_AUDIO) | (p.stream == MODEL_OUT)
-        if audio.any():
-            bins = p.audio[audio] + self.dmel_offset  # (n, F, M)
-            content[audio] = self.dmel(bins.flatten(1))  # (n, D)
-        text = (p.stream == USER_TEXT) | (p.stream == BACKGROUND) | (p.stream == MODEL_OUT)
-        if text.any():
-            content[text] = content[text] + self.text(p.text[text])
-        video = p.stream == VIDEO
-        if video.any():
-            content[video] = self.vision(p.patches)[p.video[video]]
+        # every table is looked up at every position and masked, instead of indexing the
+        # positions of each kind: no data-dependent shape, no host sync (a compiled decode step
+        # stays one graph); the non-audio positions' bins are 0 and text ids valid, so it's safe
+        zero = x.new_zeros(())
+        audio = ((p.stream == USER_AUDIO) | (p.stream == MODEL_OUT))[..., None]
+        bins = (p.audio + self.dmel_offset).view(B * T, -1)  # (B*T, F*M)
+        content = torch.where(audio, self.dmel(bins).view(B, T, D), zero)
+        text = ((p.stream == USER_TEXT) | (p.stream == BACKGROUND) | (p.stream == MODEL_OUT))[..., None]
+        content = torch.where(text, content + self.text(p.text), content)
+        if p.patches.shape[0]:  # a static shape: no frame, no hMLP
+            video = (p.stream == VIDEO)[..., None]
+            content = torch.where(video, self.vision(p.patches)[p.video.clamp(min=0)], content)
         return x + content
 
     def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,8 @@ Moshi's server serves one conversation at a time behind a lock; the engine steps
 session that has input in one batch: one ragged prefill of all IN_k, then batched decode of
 OUT_k (model/session.py:step_batch). Sessions join and leave between steps. Memory is fixed
 at construction: `max_sessions` slots of `n_sinks + window` cache entries per layer, so a
-full worker says so (CapacityError) instead of accepting a call that would stutter.
+full worker says so (CapacityError) instead of accepting a call that would stutter. Open
+sessions stay packed into the lowest slots (closing one moves the highest into its place).
 
 One session must not take the others down: `step_isolated` prepares each session's input on
 its own (a session that raises there is left out before any shared compute), and when the
@@ -18,6 +19,7 @@ on another engine with a chunked prefill, so the next step continues where the l
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,8 +33,11 @@ from model.config import BACKGROUND, USER_TEXT, ModelConfig
 from model.interaction import InteractionModel
 from model.positions import Positions, concat, input_positions, output_position
 from model.session import SessionState, run_batch, step_batch
+from model.step import DecodeStep
 from model.tokenizer import Tokenizer
 from model.vision import frame_to_patches
+
+log = logging.getLogger(__name__)
 
 
 class CapacityError(RuntimeError):
@@ -79,7 +84,10 @@ class Engine:
         max_sessions: int,
         *,
         deterministic: bool | None = None,
+        compile: bool = False,
     ) -> None:
+        """`compile`: run the decode step through torch.compile(fullgraph=True) (model/step.py)
+        where the mode allows it; `decode_step` says which one runs."""
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         if tokenizer.vocab_size > model.cfg.vocab_size:
@@ -95,6 +103,8 @@ class Engine:
         self._sessions: dict[str, SessionState] = {}
         self._lock = threading.Lock()
         self.log_turns = False  # build a TurnRecord per session and step (the failover log)
+        self.decode = DecodeStep(compile)
+        log.info("engine: %d slots, decode step %s", max_sessions, self.decode_step)
         self._records: list[TurnRecord] = []
 
     # lifecycle ----------------------------------------------------------------------------
@@ -119,8 +129,20 @@ class Engine:
         if state is None:
             raise UnknownSession(session_id)
         self.cache.reset(state.slot)  # nothing of this call survives into the next one
-        self._free.append(state.slot)
+        freed = state.slot
+        # keep the open sessions packed into the lowest slots: a step over all of them then reads
+        # the cache as one view (no gather per layer) and a compiled step sees one layout per B
+        last = max(self._sessions.values(), key=lambda s: s.slot, default=None)
+        if last is not None and last.slot > freed:
+            self.cache.move(last.slot, freed)
+            last.slot, freed = freed, last.slot
+        self._free.append(freed)
         self._free.sort()
+
+    @property
+    def decode_step(self) -> str:
+        """Which decode step runs: compiled or eager."""
+        return self.decode.describe(self.model)
 
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._sessions
@@ -158,7 +180,12 @@ class Engine:
             # slot order lets attention read the cache rows as one view instead of a gather
             order = sorted(range(len(states)), key=lambda i: states[i].slot)
             outs = step_batch(
-                self.model, self.cache, self.tokenizer, [states[i] for i in order], [inputs[i] for i in order]
+                self.model,
+                self.cache,
+                self.tokenizer,
+                [states[i] for i in order],
+                [inputs[i] for i in order],
+                self.decode,
             )
             result: list[MicroTurnOutput] = [outs[0]] * len(outs)
             for o, i in zip(outs, order, strict=True):
@@ -212,7 +239,7 @@ class Engine:
         inputs = [r[1] for r in ready]
         chunks = [r[2] for r in ready]
         prev = [(s.last_token, s.last_bins) for s in states]  # what output slot 0 is fed
-        outs = run_batch(self.model, self.cache, self.tokenizer, states, inputs, chunks, t_start=t0)
+        outs = run_batch(self.model, self.cache, self.tokenizer, states, inputs, chunks, t_start=t0, step=self.decode)
         if self.log_turns:
             self._records += [
                 turn_record(self.model.cfg, s, i, c, o, p)

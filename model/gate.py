@@ -102,7 +102,7 @@ def gate_step(
     scores = x.clone()
     scores[:, gate.pad_id] = float("-inf")
     hot = gate.temperature > 0
-    if noise is not None and bool(hot.any()):
+    if noise is not None:  # no host read of `hot`: where() leaves cold rows as they are
         t = torch.where(hot, gate.temperature, torch.ones_like(gate.temperature)).unsqueeze(-1)
         sampled = scores / t + noise.float()
         scores = torch.where(hot.unsqueeze(-1), sampled, scores)

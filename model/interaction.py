@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.attention import Attention, CacheContext, KVCache, rope_angles
+from model.attention import Attention, CacheContext, KVCache, gqa_mask, rope_angles
 from model.config import ModelConfig
 from model.embeddings import InputEmbedding
 from model.heads import FlowHead
@@ -37,8 +37,9 @@ class Block(nn.Module):
         pos: torch.Tensor,
         valid: torch.Tensor,
         ctx: CacheContext | None,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Routing]:
-        x = x + self.attn(self.attn_norm(x), rope, pos, valid, ctx)
+        x = x + self.attn(self.attn_norm(x), rope, pos, valid, ctx, mask)
         B, T, D = x.shape
         y, routing = self.moe(self.ffn_norm(x).view(B * T, D))
         return x + y.view(B, T, D), routing
@@ -69,18 +70,32 @@ class InteractionModel(nn.Module):
         self.flow = FlowHead(cfg)
         self.set_batch_invariant(cfg.deterministic)
 
-    def forward(self, p: Positions, cache: KVCache | None = None, slots: torch.Tensor | None = None) -> TrunkOutput:
+    def forward(
+        self,
+        p: Positions,
+        cache: KVCache | None = None,
+        slots: torch.Tensor | None = None,
+        *,
+        rows: slice | list[int] | None = None,
+        kv_len: int | None = None,
+    ) -> TrunkOutput:
+        """`rows`, `kv_len`: what the caller knows on the host about the slots (CacheContext.begin)."""
         valid = p.valid
         ctx = None
         if cache is not None:
             if slots is None:
                 raise ValueError("slots: a cached forward needs the cache slot of every row")
-            ctx = CacheContext.begin(cache, slots, p.pos, valid)
+            ctx = CacheContext.begin(cache, slots, p.pos, valid, rows=rows, kv_len=kv_len)
         x = self.embed(p)  # (B, T, D)
         rope = rope_angles(p.pos, self.cfg.head_dim, self.cfg.rope_theta)
+        mask = None  # built once here for every layer; batch-invariant attention builds its own
+        if not getattr(self.blocks[0].attn, "batch_invariant", False):
+            kpos = torch.where(valid, p.pos, -1) if ctx is None else ctx.kpos
+            rep = self.cfg.n_heads // self.cfg.n_kv_heads
+            mask = gqa_mask(p.pos, kpos, valid, self.cfg.n_sinks, self.cfg.window, rep)
         routing = []
         for block in self.blocks:
-            x, r = block(x, rope, p.pos, valid, ctx)
+            x, r = block(x, rope, p.pos, valid, ctx, mask)
             routing.append(r)
         return TrunkOutput(hidden=self.norm(x), routing=routing)
 

@@ -26,11 +26,12 @@ import torch
 from infra.messages import MicroTurnInput, MicroTurnOutput
 from model import rng
 from model.attention import KVCache
-from model.config import GateConfig, ModelConfig
-from model.dmel import DMelStream, quantize, unit_to_mel
+from model.config import MODEL_OUT, GateConfig, ModelConfig
+from model.dmel import DMelStream, quantize
 from model.gate import BatchGate
 from model.interaction import InteractionModel
-from model.positions import Positions, input_positions, output_position, stack
+from model.positions import Positions, empty_patches, input_positions, output_position, stack
+from model.step import EAGER, DecodeStep
 from model.tokenizer import Tokenizer
 from model.vision import frame_to_patches
 from model.vocoder import StreamingGriffinLim, push_batch
@@ -154,11 +155,12 @@ def step_batch(
     tokenizer: Tokenizer,
     states: list[SessionState],
     inputs: list[MicroTurnInput],
+    step: DecodeStep = EAGER,
 ) -> list[MicroTurnOutput]:
     """One micro-turn for every (state, input) pair: ragged prefill, then batched decode."""
     t_start = time.perf_counter()
     chunks = [s.prepare(inp, tokenizer) for s, inp in zip(states, inputs, strict=True)]
-    return run_batch(model, cache, tokenizer, states, inputs, chunks, t_start=t_start)
+    return run_batch(model, cache, tokenizer, states, inputs, chunks, t_start=t_start, step=step)
 
 
 @torch.inference_mode()
@@ -171,6 +173,7 @@ def run_batch(
     chunks: list[Positions],
     *,
     t_start: float | None = None,
+    step: DecodeStep = EAGER,
 ) -> list[MicroTurnOutput]:
     """The batched part of a micro-turn, for chunks from `SessionState.prepare`.
 
@@ -182,64 +185,79 @@ def run_batch(
     cfg = model.cfg
     device = cache.k.device
     t_start = time.perf_counter() if t_start is None else t_start
-    slots = torch.tensor([s.slot for s in states], device=device)
+    B, P = len(states), cfg.positions_per_turn
+    slot_ids = [s.slot for s in states]
+    slots = torch.tensor(slot_ids, device=device)
+    rows = cache.rows(slot_ids)
+    start_out = [s.next_pos + c.shape[1] for s, c in zip(states, chunks, strict=True)]
+    kv_len = kv_bucket(max(start_out) + P, cache.cache_len)  # entries beyond are still empty
     prefill = stack(chunks).to(device)
-    hidden_in = model(prefill, cache, slots).hidden  # (B, T, D)
-    next_pos = [s.next_pos + c.shape[1] for s, c in zip(states, chunks, strict=True)]
-    last_token = [s.last_token for s in states]
+    hidden_in = model(prefill, cache, slots, rows=rows, kv_len=kv_len).hidden  # (B, T, D)
+    gates = [s.gate or cfg.gate for s in states]
     gate = BatchGate.build(
-        [s.gate or cfg.gate for s in states], [s.seed for s in states], [s.turn for s in states],
-        tokenizer.pad_id, tokenizer.eot_id, device,
-    )  # fmt: skip
+        gates, [s.seed for s in states], [s.turn for s in states], tokenizer.pad_id, tokenizer.eot_id, device
+    )
     speaking = torch.tensor([s.speaking for s in states], dtype=torch.bool, device=device)
-    last_bins = [s.last_bins for s in states]
 
-    P = cfg.positions_per_turn
     caption_logits = model.caption_head(hidden_in[:, :P])  # (B, P, V): audio positions come first
-    captions = caption_logits.argmax(-1).tolist()
-
-    tokens: list[list[int]] = [[] for _ in states]
-    turn_bins: list[list[torch.Tensor]] = [[] for _ in states]
-    mels = []  # P x (B, F, M) log-mel
-    out_hidden, out_logits, out_chunks = [], [], []
-    for j in range(P):
-        step_chunks = [
-            output_position(cfg, s.turn, j, next_pos[b], last_token[b], last_bins[b]) for b, s in enumerate(states)
+    # everything per session is built here, once per turn, so the P decode steps are tensor work
+    out = OutputSteps.build(cfg, states, start_out, device)
+    flow_noise = (
+        torch.stack([torch.stack([rng.noise(s.seed, s.turn, j, cfg.mel_dim) for j in range(P)]) for s in states])
+        .transpose(0, 1)
+        .contiguous()
+        .to(device)
+    )  # (P, B, mel_dim)
+    gate_noise = None
+    if any(g.temperature > 0 for g in gates):  # the gate's Gumbel noise (BatchGate.step), all positions at once
+        V = cfg.vocab_size
+        rows_noise = [
+            [rng.gumbel(s.seed, s.turn, j, V) if g.temperature > 0 else torch.zeros(V) for j in range(P)]
+            for s, g in zip(states, gates, strict=True)
         ]
-        h = model(stack(step_chunks).to(device), cache, slots).hidden[:, 0]  # (B, D)
-        logits = model.text_head(h)  # (B, V)
-        tok, speaking = gate.step(logits, speaking, j)  # (B,): the speak gate, or argmax when greedy
-        noise = torch.stack([rng.noise(s.seed, s.turn, j, cfg.mel_dim) for s in states]).to(device)  # (B, mel_dim)
-        unit = model.flow.sample(model.flow_cond(h, tok), noise)
-        # silence is the bottom of the unit range: what the assistant channel holds when it is quiet
-        unit = torch.where(gate.audible(model.turn_head(h), speaking)[:, None], unit, torch.full_like(unit, -1.0))
-        mel = unit_to_mel(unit.clamp(-1, 1), cfg).view(-1, cfg.frames_per_position, cfg.n_mels)  # (B, F, M)
-        bins = quantize(mel, cfg).cpu()
-        for b in range(len(states)):
-            next_pos[b] += 1
-            last_token[b] = int(tok[b])
-            last_bins[b] = bins[b]
-            tokens[b].append(last_token[b])
-            turn_bins[b].append(bins[b])
-        mels.append(mel.cpu())
+        gate_noise = torch.stack([torch.stack(r) for r in rows_noise]).transpose(0, 1).contiguous().to(device)
+
+    tok = torch.tensor([s.last_token for s in states], device=device)  # (B,) fed to output slot 0
+    bins = torch.stack([s.last_bins for s in states]).to(device)  # (B, F, M)
+    toks, all_bins, mels, out_hidden, out_logits = [], [], [], [], []
+    for j in range(P):
+        d = step(
+            model, cache, slots, rows, out.position(j, tok, bins), speaking, gate, flow_noise[j],
+            None if gate_noise is None else gate_noise[j], kv_len=kv_len,
+        )  # fmt: skip
+        h, logits, tok, speaking, mel, bins = d.hidden, d.logits, d.token, d.speaking, d.mel, d.bins
+        toks.append(tok)
+        all_bins.append(bins)
+        mels.append(mel)
         out_hidden.append(h)
         out_logits.append(logits)
-        out_chunks.append(step_chunks)
 
-    turn_mel = torch.cat(mels, dim=1)  # (B, frames_per_turn, M)
+    # one transfer per turn: the host needs tokens, bins and mel only now
+    captions = caption_logits.argmax(-1).tolist()
+    tokens: list[list[int]] = torch.stack(toks, dim=1).tolist()  # (B, P)
+    bins_host = torch.stack(all_bins, dim=1).cpu()  # (B, P, F, M)
+    turn_bins = [list(bins_host[b].unbind(0)) for b in range(B)]
+    next_pos = [p + P for p in start_out]
+    last_token = [t[-1] for t in tokens]
+    last_bins = [tb[-1] for tb in turn_bins]
+    now_speaking = speaking.tolist()
+
+    turn_mel = torch.cat(mels, dim=1).cpu()  # (B, frames_per_turn, M)
     audio_out = push_batch([s.vocoder for s in states], turn_mel).clamp(-1, 1).numpy().astype("<f4")  # (B, samples)
     step_ms = (time.perf_counter() - t_start) * 1000
     outputs = []
     for b, s in enumerate(states):
+        if s.trace is not None:  # before the state moves on: slot 0 is fed the previous turn's last output
+            fed = _fed_positions(cfg, s, start_out[b], tokens[b], turn_bins[b])
         s.next_pos, s.last_token, s.last_bins = next_pos[b], last_token[b], last_bins[b]
-        s.speaking = bool(speaking[b])
+        s.speaking = now_speaking[b]
         s.turn_bins = turn_bins[b]
         audio = audio_out[b]
         if s.trace is not None:
             n_in = chunks[b].shape[1]
             s.trace.append(
                 TurnTrace(
-                    chunks=[chunks[b]] + [c[b] for c in out_chunks],
+                    chunks=[chunks[b], *fed],
                     hidden=torch.cat([hidden_in[b, :n_in], torch.stack([h[b] for h in out_hidden])]).cpu(),
                     text_logits=torch.stack([lg[b] for lg in out_logits]).cpu(),
                     caption_logits=caption_logits[b].cpu(),
@@ -262,6 +280,60 @@ def run_batch(
         )
         s.turn += 1
     return outputs
+
+
+def kv_bucket(n: int, cache_len: int, bucket: int = 64) -> int:
+    """Cache entries a turn must read when its newest position is n - 1 (a ring that has not
+    wrapped is filled from the front), rounded up to a multiple of `bucket` so a compiled step
+    meets few distinct shapes."""
+    return min(cache_len, -(-n // bucket) * bucket)
+
+
+@dataclass
+class OutputSteps:
+    """A turn's output positions for B sessions as batched tensors: what `output_position`
+    builds for one session and slot, built once per turn instead of per session and position."""
+
+    time: torch.Tensor  # (B, P) float64
+    pos: torch.Tensor  # (B,) int64 position of output slot 0
+    stream: torch.Tensor  # (B, 1)
+    video: torch.Tensor  # (B, 1)
+    patches: torch.Tensor  # (0, 3, P, P)
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, states: list[SessionState], start: list[int], device: torch.device) -> OutputSteps:
+        P, B = cfg.positions_per_turn, len(states)
+        # the same float arithmetic as output_position, so the time embedding matches bitwise
+        times = [
+            [(s.turn + 1) * cfg.micro_turn_ms / 1000 + j * cfg.position_ms / 1000 for j in range(P)] for s in states
+        ]
+        return cls(
+            time=torch.tensor(times, dtype=torch.float64, device=device),
+            pos=torch.tensor(start, device=device),
+            stream=torch.full((B, 1), MODEL_OUT, device=device),
+            video=torch.full((B, 1), -1, device=device),
+            patches=empty_patches(cfg).to(device),
+        )
+
+    def position(self, j: int, tok: torch.Tensor, bins: torch.Tensor) -> Positions:
+        """Output slot j fed with the previous output: tok (B,), bins (B, F, M)."""
+        return Positions(
+            stream=self.stream,
+            time=self.time[:, j : j + 1],
+            pos=self.pos[:, None] + j,
+            audio=bins[:, None],
+            text=tok[:, None],
+            video=self.video,
+            patches=self.patches,
+        )
+
+
+def _fed_positions(
+    cfg: ModelConfig, s: SessionState, start: int, tokens: list[int], bins: list[torch.Tensor]
+) -> list[Positions]:
+    """The output positions one session was fed this turn, one (1, 1) Positions each (for traces)."""
+    feed = [(s.last_token, s.last_bins), *zip(tokens[:-1], bins[:-1], strict=True)]
+    return [output_position(cfg, s.turn, j, start + j, t, b) for j, (t, b) in enumerate(feed)]
 
 
 class InteractionSession:

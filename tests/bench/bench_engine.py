@@ -1,13 +1,19 @@
 """Engine throughput on the tiny preset, all measured side by side in one run.
 
-    .venv/bin/python tests/bench/bench_engine.py [--repeats 5]
+    .venv/bin/python tests/bench/bench_engine.py [--repeats 5] [--threads N] [--compile] [--device cuda]
 
 Prints `name: value` lines:
 - step_ms_B{1,4,16,32}: one batched micro-turn for B sessions;
 - max_sessions_within_100ms: the largest B whose step stays under 100 ms (half a micro-turn:
   the sessions one CPU worker serves in real time with margin);
-- batched_speedup_B16: 16 sessions stepped one at a time (the one-conversation-at-a-time server)
-  over the same 16 stepped as one batch;
+- batched_speedup_B{16,32}: B sessions stepped one at a time (the one-conversation-at-a-time
+  server) over the same B stepped as one batch;
+- decode_step: which decode step the engine runs (eager, or compiled with --compile);
+- kv_bytes_per_session_{tiny,small,tml-small}: the KV pool memory one session slot holds (fp32
+  for tiny, bf16 for the GPU presets);
+- tml_small_layer_ms_B32: one decode position through one tml-small-shaped layer (attention over
+  2048 cached entries, MoE with 32 of the 256 experts resident so it fits in RAM, bf16) for 32
+  sessions: a scale check of this CPU, not a target;
 - deterministic_cost_B16: batch-invariant mode step time over normal mode;
 - append_speedup_full_window: re-prefilling the whole window every micro-turn (one cache-less
   forward over `window` positions, then the turn) over streaming append, with the window full.
@@ -16,6 +22,7 @@ Prints `name: value` lines:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -27,9 +34,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from infra.messages import MicroTurnInput
-from model.config import get_preset
+from model.attention import CacheContext, KVCache, rope_angles
+from model.config import ModelConfig, get_preset
 from model.engine import Engine
-from model.interaction import InteractionModel
+from model.interaction import Block, InteractionModel
 from model.positions import concat
 from model.session import InteractionSession
 from model.tokenizer import Tokenizer
@@ -74,15 +82,24 @@ def time_steps(engine: Engine, B: int, repeats: int, one_at_a_time: bool = False
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ap.add_argument("--compile", action="store_true", help="the engine's compiled decode step")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = get_preset("tiny")
     tok = Tokenizer.default(cfg.vocab_size)
-    model = InteractionModel(cfg).eval()
-    engine = Engine(model, tok, max_sessions=64)
+    model = InteractionModel(cfg).eval().to(args.device)
+    engine = Engine(model, tok, max_sessions=64, compile=args.compile)
     engine.warmup()
     print(f"preset: {cfg.name}")
+    print(f"device: {args.device}")
     print(f"threads: {torch.get_num_threads()}")
+    print(f"decode_step: {engine.decode_step}")
+    for name, dtype in (("tiny", torch.float32), ("small", torch.bfloat16), ("tml-small", torch.bfloat16)):
+        print(f"kv_bytes_per_session_{name}: {kv_bytes_per_session(get_preset(name), dtype)}")
 
     step = {}
     for B in (1, 4, 16, 32):
@@ -97,9 +114,10 @@ def main() -> None:
         best = B
     print(f"max_sessions_within_100ms: {best}")
 
-    serial = time_steps(engine, 16, args.repeats, one_at_a_time=True)
-    print(f"step_ms_B16_one_at_a_time: {serial:.1f}")
-    print(f"batched_speedup_B16: {serial / step[16]:.2f}")
+    for B in (16, 32):
+        serial = time_steps(engine, B, max(1, args.repeats // 2), one_at_a_time=True)
+        print(f"step_ms_B{B}_one_at_a_time: {serial:.1f}")
+        print(f"batched_speedup_B{B}: {serial / step[B]:.2f}")
 
     det = Engine(model, tok, max_sessions=16, deterministic=True)
     det_ms = time_steps(det, 16, args.repeats)
@@ -131,6 +149,37 @@ def main() -> None:
     print(f"step_ms_append_full_window: {a:.1f}")
     print(f"step_ms_reprefill_full_window: {r:.1f}")
     print(f"append_speedup_full_window: {r / a:.2f}")
+    print(f"tml_small_layer_ms_B32: {tml_small_layer_ms(args.device, args.repeats):.1f}")
+
+
+def kv_bytes_per_session(cfg: ModelConfig, dtype: torch.dtype) -> int:
+    """One slot of the KV pool: K and V of every layer, plus the entry positions."""
+    with torch.device("meta"):
+        return KVCache.allocate(cfg, 1, device="meta", dtype=dtype).bytes_per_slot()
+
+
+@torch.inference_mode()
+def tml_small_layer_ms(device: str, repeats: int, B: int = 32, kv_len: int = 2048, experts: int = 32) -> float:
+    full = get_preset("tml-small")
+    cfg = dataclasses.replace(full, n_layers=1, n_experts=experts, window=kv_len, n_sinks=0)
+    dtype = torch.bfloat16
+    block = Block(cfg, 0).to(device, dtype).eval()
+    cache = KVCache.allocate(cfg, B, device=device, dtype=dtype)
+    cache.pos[:, :kv_len] = torch.arange(kv_len)  # a full window of history
+    pos = torch.full((B, 1), kv_len, device=device)
+    valid = torch.ones(B, 1, dtype=torch.bool, device=device)
+    slots = torch.arange(B, device=device)
+    x = torch.randn(B, 1, cfg.d_model, device=device, dtype=dtype)
+    rope = rope_angles(pos, cfg.head_dim, cfg.rope_theta)
+    times = []
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        ctx = CacheContext.begin(cache, slots, pos, valid, rows=slice(0, B))
+        block(x, rope, pos, valid, ctx)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:]) * 1000
 
 
 if __name__ == "__main__":
