@@ -51,7 +51,9 @@ def test_compiled_decode_equals_eager_through_slot_churn(tokenizer: Tokenizer) -
     for x, y in zip(a, b, strict=True):
         assert x.text_tokens == y.text_tokens, (x.session_id, x.turn)
         assert x.caption_tokens == y.caption_tokens
-        np.testing.assert_allclose(x.audio_array(), y.audio_array(), atol=1e-4, rtol=0)
+        # the compiled kernels round differently (~1e-6 in the mel); 32 Griffin-Lim iterations
+        # amplify that to ~1e-3 in the waveform. A wrong row or slot differs by O(0.1-1).
+        np.testing.assert_allclose(x.audio_array(), y.audio_array(), atol=5e-3, rtol=0)
 
 
 def test_deterministic_mode_says_it_runs_eager(tokenizer: Tokenizer) -> None:
