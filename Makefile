@@ -7,11 +7,14 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint bench checkpoint clean python-check system-deps-run system-deps-test
 
 # The default checkpoint recipe (checkpoints/tiny/MODEL_CARD.md): data, training, held-out evaluation.
-TRAIN_CLIPS ?= 3000
-TRAIN_STEPS ?= 7000
+TRAIN_CLIPS ?= 2100
+VISUAL_CLIPS ?= 600
+TRAIN_STEPS ?= 4000
 # the turn-taking scenarios and FD-bench's tasks twice as often as the rest
 TRAIN_SCENARIOS ?= turn_taking,pause,interruption,monologue,timed_speech,turn_taking,pause,interruption,monologue,backchannel,delegation,typed_text,refusal,noise_silence,timed_speech
 EVAL_SCENARIOS ?= pause,turn_taking,interruption,timed_speech,monologue
+# issue 10's camera and cue scenarios, trained in the same run
+VISUAL_SCENARIOS ?= rep_counting,visual_alert,visual_question,cue_speak
 
 # Fails with one line on a Python older than the project's (pyproject requires-python).
 python-check:
@@ -51,18 +54,29 @@ bench: $(STAMP)
 checkpoint: $(STAMP)
 	$(BIN)/python -m model.data.generate --out data/synth --n $(TRAIN_CLIPS) --split train --seed 0 --workers 2 \
 		--scenarios $(TRAIN_SCENARIOS)
-	# validation (seed 2): best-checkpoint selection and gate calibration; never the test split (seed 1)
-	$(BIN)/python -m model.data.generate --out data/synth-val --n 100 --split heldout --seed 2 --workers 2 \
+	$(BIN)/python -m model.data.generate --out data/synth-vis --n $(VISUAL_CLIPS) --split train --seed 10 --workers 2 \
+		--scenarios $(VISUAL_SCENARIOS)
+	# validation (seed 2, 12): best-checkpoint selection and gate calibration; never the test split (seed 1, 11)
+	$(BIN)/python -m model.data.generate --out data/val/turns --n 100 --split heldout --seed 2 --workers 2 \
 		--scenarios $(EVAL_SCENARIOS)
+	$(BIN)/python -m model.data.generate --out data/val/visual --n 40 --split heldout --seed 12 --workers 2 \
+		--scenarios $(VISUAL_SCENARIOS)
 	$(BIN)/python -m model.data.generate --out data/synth --n 100 --split heldout --seed 1 --workers 2 \
 		--scenarios $(EVAL_SCENARIOS)
+	$(BIN)/python -m model.data.generate --out data/synth-vis --n 60 --split heldout --seed 11 --workers 2 \
+		--scenarios $(VISUAL_SCENARIOS)
 	$(BIN)/python -m model.eval.dialogues --dialogues data/synth/heldout --root data/fdbench-heldout --max-per-task 20
-	$(BIN)/python -m model.eval.dialogues --dialogues data/synth-val/heldout --root data/fdbench-heldout-val --max-per-task 10
-	$(BIN)/microturn train --preset tiny --data data/synth/train --val-data data/synth-val/heldout --out runs/tiny \
+	$(BIN)/python -m model.eval.dialogues --dialogues data/synth-vis/heldout --root data/fdbench-heldout --max-per-task 15
+	$(BIN)/python -m model.eval.dialogues --dialogues data/val/turns/heldout --root data/fdbench-heldout-val --max-per-task 10
+	mkdir -p data/train-all && ln -sfn ../synth/train data/train-all/turns && ln -sfn ../synth-vis/train data/train-all/visual
+	$(BIN)/microturn train --preset tiny --data data/train-all --val-data data/val --out runs/tiny \
 		--steps $(TRAIN_STEPS) --batch-size 6 --crop-turns 40 --lr 2e-3 --export checkpoints/tiny
 	$(BIN)/python -m model.eval.calibrate --checkpoint checkpoints/tiny --root data/fdbench-heldout-val \
-		--starts 0.05,0.1,0.2,0.3,0.4,0.5,0.6,0.7 --keep-ratios 1,0.5 --pause-max 0.10 --write --out checkpoints/tiny/eval
-	$(BIN)/microturn eval --root data/fdbench-heldout --checkpoint checkpoints/tiny --out checkpoints/tiny/eval
+		--starts 0.1,0.2,0.3,0.4,0.5,0.6 --keep-ratios 1,0.5 --voices none,0.3,0.5,0.7 --pause-max 0.10 \
+		--write --out checkpoints/tiny/eval
+	$(BIN)/microturn eval --root data/fdbench-heldout --checkpoint checkpoints/tiny --out checkpoints/tiny/eval --fdbench-scoring
+	$(BIN)/python -m model.eval.intelligibility --checkpoint checkpoints/tiny --dialogues data/synth/heldout \
+		--json checkpoints/tiny/eval/intelligibility.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -847,7 +847,7 @@ HELDOUT_PHRASES = Phrasebook(
         ("What would you have done?", "I think I'd have done the same, honestly."),
         ("Do you reckon that's worth it?", "I do, it sounds like it's paying off."),
     ),
-    listener_cues=("Mhm.", "Uh huh.", "Right.", "I see.", "Oh wow."),
+    listener_cues=("Mm.", "Oh, really.", "Go on.", "Oh no."),
 )
 
 PHRASES: dict[str, Phrasebook] = {"train": TRAIN_PHRASES, "valid": TRAIN_PHRASES, "heldout": HELDOUT_PHRASES}

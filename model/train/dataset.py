@@ -24,6 +24,7 @@ Alignment of streams to the sequence (DESIGN.md §5):
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 from dataclasses import dataclass, field
@@ -111,7 +112,9 @@ def load_clip(wav: Path) -> Clip:
 
 
 def list_clips(root: Path) -> list[Path]:
-    wavs = sorted(Path(root).rglob("*.wav"))
+    """Every clip under `root`, following symlinked directories (a training set can be a
+    directory of links to several generated sets)."""
+    wavs = sorted(Path(p) for p in glob.glob(str(Path(root) / "**" / "*.wav"), recursive=True))
     if not wavs:
         raise DatasetError(f"{root}: no .wav clips found")
     return wavs

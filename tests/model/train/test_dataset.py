@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,15 @@ def test_a_crop_inside_a_turn_keeps_its_tail(tok: Tokenizer) -> None:
     # a turn whose first token fell before the crop has no first-token weight in it
     weight = ex.text_weight[0][ex.text_target[0] >= 0].tolist()
     assert FIRST_TOKEN_WEIGHT not in weight
+
+
+def test_list_clips_follows_linked_directories(tmp_path: Path) -> None:
+    from model.train.dataset import list_clips
+
+    for name in ("turns", "visual"):
+        (tmp_path / "gen" / name).mkdir(parents=True)
+        (tmp_path / "gen" / name / "000000.wav").write_bytes(b"")
+    (tmp_path / "all").mkdir()
+    for name in ("turns", "visual"):
+        (tmp_path / "all" / name).symlink_to(tmp_path / "gen" / name)
+    assert [p.parent.name for p in list_clips(tmp_path / "all")] == ["turns", "visual"]
