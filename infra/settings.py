@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     ice_username: str | None = None
     ice_credential: SecretStr | None = None
     # Camera frames the model sees per second (<= one per 200 ms micro-turn).
-    video_fps: float = Field(1.0, gt=0, le=5)
+    video_fps: float = Field(5.0, gt=0, le=5)  # one frame per micro-turn, as the model is trained
     # Largest data-channel message the SDP answer advertises (a=max-message-size); a peer that
     # ignores it is hung up once twice this much waits in SCTP reassembly.
     max_channel_message_bytes: int = Field(65_536, ge=1024)

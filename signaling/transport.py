@@ -74,7 +74,7 @@ class MediaTransport:
         output: OutputAudioTrack,
         emit: Callable[[ServerEvent], object],
         *,
-        video_fps: float = 1.0,
+        video_fps: float = 5.0,
         on_delegate: Callable[[int], None] | None = None,  # the turn whose output carried <delegate>
         on_handed_back: Callable[[], None] | None = None,  # the worker gave the session back (drain)
     ) -> None:

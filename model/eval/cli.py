@@ -125,7 +125,7 @@ def run_eval(args: argparse.Namespace) -> int:
             if any((c.path / "frames").is_dir() or (c.path / "input.mp4").is_file() for c in clips):
                 meta["video"] = (
                     "clip frames sent as a VP8 camera at 5 fps (one per micro-turn); the server keeps "
-                    "MICROTURN_VIDEO_FPS of them per second (set it to 5 so every micro-turn carries its frame)"
+                    "MICROTURN_VIDEO_FPS of them per second (default 5: every micro-turn carries its frame)"
                 )
             live = LiveResponder(args.live, api_key=args.api_key, vad=vad, name=model_name)
             try:

@@ -13,8 +13,8 @@ The client speaks the server's public API only (POST /v1/sessions, POST/DELETE /
 A clip with video (`frames/` or `input.mp4`) is sent as a camera too: a VP8 track showing frame
 k from t0 + 0.2k s (90 kHz pts on the same t0 as the audio), so the frames take the real media
 path (encode, RTP, decode, the server's `VideoSampler`). The server keeps at most
-`MICROTURN_VIDEO_FPS` frames per second (default 1): run it with `MICROTURN_VIDEO_FPS=5` for
-every micro-turn to carry its frame, as the offline runner and the training data do.
+`MICROTURN_VIDEO_FPS` frames per second (default 5: every micro-turn carries its frame, as the
+offline runner and the training data do).
 """
 
 from __future__ import annotations
