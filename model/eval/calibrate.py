@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 
 from model.config import GateConfig
-from model.eval.layout import SAMPLE_RATE, LayoutError, discover, read_audio_16k
+from model.eval.layout import SAMPLE_RATE, LayoutError, discover
 from model.eval.metrics import TurnScore
-from model.eval.runner import ClipInput, clip_request, run_model_rows
+from model.eval.runner import clip_input, run_model_rows
 from model.eval.scoring import score_output
 from model.eval.vad import DEFAULT_VAD, speech_segments
 from model.eval.words import Word, group_words, snap_to_speech
@@ -184,8 +184,8 @@ def sweep(
     pos_s = model.cfg.position_ms / 1000
     t0 = time.perf_counter()
     for i, clip in enumerate(clips, 1):
-        audio, _, _ = read_audio_16k(clip.input_wav)
-        inp = ClipInput(clip, audio, clip_request(clip))
+        inp = clip_input(clip)  # audio, typed request and camera frames, as `microturn eval` feeds them
+        audio = inp.audio
         duration = len(audio) / SAMPLE_RATE
         results = run_model_rows(model, tok, inp, [c.gate for c in rows], seed)
         for cand, (out, tokens) in zip(rows, results, strict=True):
