@@ -53,8 +53,8 @@ def test_compiled_decode_equals_eager_through_slot_churn(tokenizer: Tokenizer) -
     assert compiled.decode_step.startswith("compiled")
     (a, ha), (b, hb) = churn(eager), churn(compiled)
     for sid in ha:  # every position's hidden state, input and output positions, every turn
-        for x, y in zip(ha[sid], hb[sid], strict=True):
-            torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
+        for he, hc in zip(ha[sid], hb[sid], strict=True):
+            torch.testing.assert_close(hc, he, atol=1e-4, rtol=1e-4)
     assert [(o.session_id, o.turn) for o in a] == [(o.session_id, o.turn) for o in b]
     for x, y in zip(a, b, strict=True):
         assert x.text_tokens == y.text_tokens, (x.session_id, x.turn)
