@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # The default checkpoint recipe (checkpoints/tiny/MODEL_CARD.md): data, training, held-out evaluation.
 TRAIN_CLIPS ?= 2100
 VISUAL_CLIPS ?= 600
-TRAIN_STEPS ?= 4000
+TRAIN_STEPS ?= 2500
 # the turn-taking scenarios and FD-bench's tasks twice as often as the rest
 TRAIN_SCENARIOS ?= turn_taking,pause,interruption,monologue,timed_speech,turn_taking,pause,interruption,monologue,backchannel,delegation,typed_text,refusal,noise_silence,timed_speech
 EVAL_SCENARIOS ?= pause,turn_taking,interruption,timed_speech,monologue
