@@ -12,7 +12,9 @@
 - live.py      the live runner: a WebRTC client (audio, and the clip's frames as a camera)
 - baselines.py the harness baselines as Responders: 600 ms energy-VAD endpointing, and Silero VAD +
                Smart Turn v3.2 through pipecat's own analyzers (optional `eval` extra)
-- calibrate.py the speak gate's (start, keep) sweep on a validation root -> the checkpoint's config
+- calibrate.py the speak gate's (start, keep, voice) sweep on a validation root -> the checkpoint's config
+- intelligibility.py ASR of the model's speech vs its own text, and caption WER, on held-out dialogues
+- dialogues.py generated dialogues -> FD-bench task clips (and our cue/visual tasks)
 - scoring.py   one system's outputs on disk -> per-task summaries
 - report.py    report.json + report.md + latency.png
 - synth.py     hand-made clips with known answers
