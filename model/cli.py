@@ -54,6 +54,9 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
     p.add_argument("--val-data", type=Path, help="directory of validation clips: val_* losses, --out/best/")
     p.add_argument("--val-every", type=int, default=d.val_every, help="steps between validations (0: only at the end)")
+    p.add_argument(
+        "--select", default=d.select, help="validation loss that picks the best checkpoint: total, turn, text, ..."
+    )
     p.add_argument("--export", type=Path, help="also write a bf16 checkpoint here: best-validation model, else final")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -81,6 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         ckpt_every=args.ckpt_every,
         val_every=args.val_every,
+        select=args.select,
     )
     if args.val_every < 0:
         print("error: --val-every must be >= 0", file=sys.stderr)
@@ -101,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
         if trainer.best is not None:
             best = load_checkpoint(trainer.out / BEST)
             save_checkpoint(args.export, best.model, best.tokenizer, dtype=torch.bfloat16)
-            what = f"best checkpoint (step {trainer.best.step}, val_total {trainer.best.val_total:.4f})"
+            what = f"best checkpoint (step {trainer.best.step}, val_{trainer.tcfg.select} {trainer.best.value:.4f})"
         else:
             save_checkpoint(args.export, trainer.model, trainer.tokenizer, dtype=torch.bfloat16)
             what = f"final model (step {trainer.step})"

@@ -11,12 +11,15 @@ keeping time over the whole stretch.
 
 Validation: with a `val_dir`, every `val_every` steps (and at the end of `run`) the mean of each
 loss over a fixed set of validation batches (the same crops and flow noise every time) is
-logged as `val_<key>`; the model with the lowest `val_total` so far is kept in `best/`.
+logged as `val_<key>`; the model with the lowest `val_<select>` so far is kept in `best/`
+(`select` = "total" by default; the recipe selects on "turn", the turn-state loss, because the
+held-out split's phrasings are disjoint from training's: its text loss measures content the
+model cannot know and rises while timing still improves).
 
 Out directory:
   train_state.pt    model + optimizer + step + best (resume point, every `ckpt_every` steps)
   checkpoint/       the latest model as a checkpoint directory (model/checkpoint.py)
-  best/             the model with the lowest val_total (only with validation data)
+  best/             the model with the lowest val_<select> (only with validation data)
   best.json         {"step", "val_total", "val_<key>"...} of best/
   log.jsonl         one JSON line per logged step
   loss.png          loss curves (validation dashed)
@@ -65,6 +68,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 200
     val_every: int = 250  # 0: validate only at the end of a run
+    select: str = "total"  # the validation loss that picks best/ (a key of compute_losses)
     val_batches: int = 8
     event_crop_p: float = 0.5
     whole_scenarios: tuple[str, ...] = ("timed_speech",)
@@ -74,7 +78,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class Best:
     step: int
-    val_total: float
+    value: float  # val_<select> at that step
 
 
 def lr_at(step: int, t: TrainConfig) -> float:
@@ -201,7 +205,7 @@ class Trainer:
         self.step = int(state["step"])
         self.history = list(state["history"])
         best = state.get("best")
-        self.best = Best(int(best["step"]), float(best["val_total"])) if best else None
+        self.best = Best(int(best["step"]), float(best.get("value", best.get("val_total")))) if best else None
         # steps logged after the last save are redone: keep the log in step with the state
         (self.out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in self.history))
         log.info("train.resumed", step=self.step, state=str(f), best=asdict(self.best) if self.best else None)
@@ -245,13 +249,16 @@ class Trainer:
         return {f"val_{k}": v / n for k, v in sums.items()}
 
     def _keep_if_best(self, val: dict[str, float]) -> bool:
-        total = val["val_total"]
-        if self.best is not None and not total < self.best.val_total:
+        key = f"val_{self.tcfg.select}"
+        if key not in val:
+            raise ValueError(f"select: no validation loss {key!r}; the objective gives {', '.join(sorted(val))}")
+        total = val[key]
+        if self.best is not None and not total < self.best.value:
             return False
         self.best = Best(self.step, total)
         save_checkpoint(self.out / BEST, self.model, self.tokenizer)
         (self.out / BEST_JSON).write_text(json.dumps({"step": self.step, **val}, indent=2) + "\n")
-        log.info("train.best", step=self.step, val_total=round(total, 4))
+        log.info("train.best", step=self.step, select=key, value=round(total, 4))
         return True
 
     # loop ------------------------------------------------------------------------------------
@@ -277,7 +284,7 @@ class Trainer:
         t0 = time.time()
         postfix: dict[str, str] = {}
         if self.best is not None:
-            postfix["best"] = f"{self.best.val_total:.3f}@{self.best.step}"
+            postfix["best"] = f"{self.best.value:.3f}@{self.best.step}"
         while self.step < until:
             rec = self.train_step()
             bar.update(1)
@@ -287,7 +294,7 @@ class Trainer:
                 self._keep_if_best(val)
                 postfix["val"] = f"{val['val_total']:.3f}"
                 if self.best is not None:
-                    postfix["best"] = f"{self.best.val_total:.3f}@{self.best.step}"
+                    postfix["best"] = f"{self.best.value:.3f}@{self.best.step}"
             bar.set_postfix({"loss": f"{rec['total']:.3f}", **postfix})
             if val or self.step % t.log_every == 0 or self.step == until:
                 rec = {"step": self.step, "elapsed_s": round(time.time() - t0, 1), **rec, **val}

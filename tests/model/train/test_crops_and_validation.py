@@ -177,6 +177,24 @@ def test_only_a_better_val_total_replaces_the_best(
     assert tr.best == Best(9, 1.5) and weights.read_bytes() != saved
 
 
+def test_select_picks_the_best_by_another_validation_loss(
+    data_dir: Path, val_dir: Path, tmp_path: Path, tokenizer: Tokenizer
+) -> None:
+    out = tmp_path / "out"
+    tr = Trainer(micro_config(window=1024), tcfg(select="turn"), data_dir, out, tokenizer=tokenizer, val_dir=val_dir)
+    tr.step = 3
+    assert tr._keep_if_best({"val_total": 2.0, "val_turn": 0.5})
+    tr.step = 6  # a lower total but a worse turn loss: not the best under select="turn"
+    assert not tr._keep_if_best({"val_total": 1.0, "val_turn": 0.6})
+    tr.step = 9
+    assert tr._keep_if_best({"val_total": 3.0, "val_turn": 0.4})
+    assert tr.best == Best(9, 0.4)
+    with pytest.raises(ValueError, match="val_nope"):
+        Trainer(micro_config(window=1024), tcfg(select="nope"), data_dir, out, tokenizer=tokenizer)._keep_if_best(
+            {"val_total": 1.0}
+        )
+
+
 def test_best_survives_resume(data_dir: Path, val_dir: Path, tmp_path: Path, tokenizer: Tokenizer) -> None:
     cfg = micro_config(window=1024)
     out = tmp_path / "out"
