@@ -70,7 +70,7 @@ checkpoint: $(STAMP)
 	$(BIN)/python -m model.eval.dialogues --dialogues data/val/turns/heldout --root data/fdbench-heldout-val --max-per-task 10
 	mkdir -p data/train-all && ln -sfn ../synth/train data/train-all/turns && ln -sfn ../synth-vis/train data/train-all/visual
 	$(BIN)/microturn train --preset tiny --data data/train-all --val-data data/val --out runs/tiny \
-		--steps $(TRAIN_STEPS) --batch-size 6 --crop-turns 40 --lr 2e-3 --export checkpoints/tiny
+		--steps $(TRAIN_STEPS) --batch-size 6 --crop-turns 40 --lr 2e-3 --select turn --export checkpoints/tiny
 	$(BIN)/python -m model.eval.calibrate --checkpoint checkpoints/tiny --root data/fdbench-heldout-val \
 		--starts 0.1,0.2,0.3,0.4,0.5,0.6 --keep-ratios 1,0.5 --voices none,0.3,0.5,0.7 --pause-max 0.10 \
 		--write --out checkpoints/tiny/eval
