@@ -679,7 +679,7 @@ TRAIN_PHRASES = Phrasebook(
         ("Does that sound normal to you?", "Yes, that sounds pretty normal to me."),
         ("So, any advice?", "Keep at it, and give yourself a little more time."),
     ),
-    listener_cues=("Mhm.", "Uh huh.", "Right.", "I see.", "Oh wow."),
+    listener_cues=("Mhm.", "Uh huh.", "Right.", "Oh, right.", "Oh wow."),
 )
 
 HELDOUT_PHRASES = Phrasebook(
