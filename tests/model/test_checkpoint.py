@@ -133,5 +133,5 @@ def test_checkpoint_from_before_the_turn_head_loads_with_it_zeroed(saved: Path) 
     save_file(state, str(weights))
     manifest["sha256"]["model.safetensors"] = hashlib.sha256(weights.read_bytes()).hexdigest()
     (saved / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="text_head.weight"):
+    with pytest.raises(CheckpointError, match=r"text_head\.weight"):
         load_checkpoint(saved)

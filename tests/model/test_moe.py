@@ -1,9 +1,8 @@
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
-
-import pytest
 
 from model.moe import MoE, balance_loss, moe_gather, moe_grouped, moe_grouped_rows, route
 from tests.model.conftest import micro_config
