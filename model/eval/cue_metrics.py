@@ -188,12 +188,29 @@ def rep_counting(
     return RepScore(len(reps), len(lat), used.count(False), _minutes(request, end), lat)
 
 
-def summarize_reps(task: str, scores: Sequence[RepScore]) -> TaskSummary:
-    out = TaskSummary(task, "rep_counting", len(scores), latencies=[x for s in scores for x in s.latencies])
-    n = sum(s.n_reps for s in scores)
-    out.metrics["rep_accuracy"] = sum(s.counted for s in scores) / n if n else None
-    out.metrics["false_counts_per_min"] = _rate(sum(s.false_counts for s in scores), sum(s.minutes for s in scores))
+def _pooled(
+    task: str,
+    kind: str,
+    scores: Sequence[RepScore | AlertScore | CueScore],
+    counts: tuple[int, int, int],  # (targets, hits, false) summed over clips
+    keys: tuple[str, str, str | None],  # (hit-rate key, false-per-minute key, latency-p50 key or None)
+) -> TaskSummary:
+    """Hits over targets and false outputs per minute, pooled over clips (one shape for every
+    speak-on-a-cue benchmark)."""
+    lat = [x for s in scores for x in s.latencies]
+    out = TaskSummary(task, kind, len(scores), latencies=lat)
+    n, hits, false = counts
+    rate_key, false_key, p50_key = keys
+    out.metrics[rate_key] = hits / n if n else None
+    if p50_key is not None:
+        out.metrics[p50_key] = p50(lat)
+    out.metrics[false_key] = _rate(false, sum(s.minutes for s in scores))
     return out
+
+
+def summarize_reps(task: str, scores: Sequence[RepScore]) -> TaskSummary:
+    counts = (sum(s.n_reps for s in scores), sum(s.counted for s in scores), sum(s.false_counts for s in scores))
+    return _pooled(task, "rep_counting", scores, counts, ("rep_accuracy", "false_counts_per_min", None))
 
 
 # -- visual alerts --------------------------------------------------------------------------
@@ -237,13 +254,9 @@ def p50(xs: Sequence[float]) -> float | None:
 
 
 def summarize_alerts(task: str, scores: Sequence[AlertScore]) -> TaskSummary:
-    lat = [x for s in scores for x in s.latencies]
-    out = TaskSummary(task, "visual_alert", len(scores), latencies=lat)
-    n = sum(s.n_events for s in scores)
-    out.metrics["alert_hit_rate"] = sum(s.hits for s in scores) / n if n else None
-    out.metrics["alert_latency_p50_s"] = p50(lat)
-    out.metrics["false_alerts_per_min"] = _rate(sum(s.false_alerts for s in scores), sum(s.minutes for s in scores))
-    return out
+    counts = (sum(s.n_events for s in scores), sum(s.hits for s in scores), sum(s.false_alerts for s in scores))
+    keys = ("alert_hit_rate", "false_alerts_per_min", "alert_latency_p50_s")
+    return _pooled(task, "visual_alert", scores, counts, keys)
 
 
 # -- CueSpeak -------------------------------------------------------------------------------
@@ -319,13 +332,8 @@ def cue_speak(
 
 
 def summarize_cues(task: str, scores: Sequence[CueScore]) -> TaskSummary:
-    lat = [x for s in scores for x in s.latencies]
-    out = TaskSummary(task, "cue_speak", len(scores), latencies=lat)
-    n = sum(s.n_cues for s in scores)
-    out.metrics["cue_hit_rate"] = sum(s.hits for s in scores) / n if n else None
-    out.metrics["cue_latency_p50_s"] = p50(lat)
-    out.metrics["false_speech_per_min"] = _rate(sum(s.false_utterances for s in scores), sum(s.minutes for s in scores))
-    return out
+    counts = (sum(s.n_cues for s in scores), sum(s.hits for s in scores), sum(s.false_utterances for s in scores))
+    return _pooled(task, "cue_speak", scores, counts, ("cue_hit_rate", "false_speech_per_min", "cue_latency_p50_s"))
 
 
 # -- visual question ------------------------------------------------------------------------
