@@ -20,7 +20,30 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="preset used when no checkpoint exists (MICROTURN_PRESET, default tiny)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint directory (MICROTURN_CHECKPOINT)")
     p.add_argument("--max-sessions", type=int, help="engine slots (MICROTURN_MAX_SESSIONS, default 8)")
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        help="torch intra-op threads (MICROTURN_TORCH_THREADS, default: every core but one; infra/threads.py)",
+    )
     p.set_defaults(func=run_serve)
+
+
+def apply_torch_threads(flag: int | None) -> tuple[int, int, str]:
+    """Set torch's intra-op threads for this process: `flag`, else MICROTURN_TORCH_THREADS, else
+    the default for the cores it has. Returns (threads, cores, source). Called before the engine
+    thread starts: torch hands the count to each new thread's OpenMP pool."""
+    import torch
+
+    from infra.threads import available_cores, override_from_env, torch_threads_for
+
+    if flag is not None and flag < 1:
+        raise ValueError(f"--torch-threads must be >= 1, got {flag}")
+    env = override_from_env()
+    override, source = (flag, "flag") if flag is not None else (env, "env") if env is not None else (None, "default")
+    cores = available_cores()
+    threads = torch_threads_for(cores, override)
+    torch.set_num_threads(threads)
+    return threads, cores, source
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -31,7 +54,7 @@ def run_serve(args: argparse.Namespace) -> int:
     """
     from aiohttp import web
 
-    from infra.logging import configure_logging
+    from infra.logging import configure_logging, get_logger
     from infra.settings import SettingsError, settings_from
     from signaling.app import create_app
 
@@ -48,6 +71,12 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_json)
     _quiet_ice(settings.log_level)
+    try:
+        threads, cores, source = apply_torch_threads(args.torch_threads)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    get_logger("signaling.cli").info("serve.threads", torch_threads=threads, cores=cores, source=source)
     try:
         import uvloop
 

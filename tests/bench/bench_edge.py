@@ -1,10 +1,11 @@
 """Edge cost and latency with N concurrent real WebRTC calls on loopback.
 
-    .venv/bin/python tests/bench/bench_edge.py [--seconds 10] [--calls 1,4,8]
+    .venv/bin/python tests/bench/bench_edge.py [--seconds 10] [--calls 1,4,8] [--torch-threads N]
+        [--load encoded|full] [--codec opus|pcmu] [--no-stub | --no-model]
 
 Runs `microturn serve` (edge + engine + in-process bus, uvloop, random-weights tiny model) as
 a child process and N aiortc callers in this process, each streaming speech in real time
-(Opus) and receiving the model's audio and events. For each N it prints `name: value` lines:
+and receiving the model's audio and events. For each N it prints `name: value` lines:
 
 - server_cpu_s_per_call_s_N{n}: CPU seconds (user + system, all threads, from /proc) the
   server process spent per second of call, model compute included;
@@ -14,15 +15,34 @@ a child process and N aiortc callers in this process, each streaming speech in r
   left is the edge, the bus and the worker's scheduling (its 5 ms gather window included);
 - turn_latency_ms_p50_N{n}, step_ms_p50_N{n}: the same turn latency with the model compute,
   and the compute alone, for context;
-- rx_max_gap_ms_N{n}: the largest gap between audio frames arriving at any caller.
+- playout_underruns_N{n}: times a call's output track ran dry while playing (the model's
+  audio for the next turn was not there when its first frame was due), all calls, from the
+  server's `microturn_playout_underruns_total`; worker_behind_steps_N{n}: steps that took
+  longer than one micro-turn (`microturn_worker_behind_total`); input_gap_turns_N{n}: input
+  turns the edge filled with silence because the caller's audio was missing
+  (`microturn_input_gap_turns_total`). Counters the calls export about once a second, so the
+  window they cover lags the measured one by up to a second;
+- rx_max_gap_ms_N{n}: the largest gap between audio packets (frames with `--load full`)
+  arriving at any caller; rx_lost_packets_N{n}: RTP sequence numbers that never arrived
+  (`--load encoded` only; nan with `--load full`);
+- loadgen_cpu_s_per_call_s_N{n}: CPU seconds this process (the callers) spent per second of
+  call: the load generator's own cost, to compare with the server's.
 
 Each line comes twice: with the model (`..._N{n}`) and with an echo stub in place of the
 model's step (`..._stub_N{n}`: outputs are the inputs, computed in microseconds). The stub
 rows are the edge's own cost and latency, free of model compute and of queueing behind a
 model step that is slower than real time on a small CPU.
 
-The callers (Opus encode + decode for N calls) share the machine with the server, so on a
-small machine the numbers for large N include contention from the load generator itself.
+The callers share the machine with the server. With `--load encoded` (the default) they are
+cheap: the speech is encoded once (`--codec`, default Opus) and every caller replays the
+packets with fresh RTP sequence numbers and timestamps, and the model's audio is counted packet
+by packet as it arrives instead of being decoded; what is left is aiortc's RTP, SRTP and ICE
+in Python. `--load full` is a real aiortc caller (an encoder and a decoder per call), heavier
+on a small machine than the server's edge work it is there to measure.
+
+`--torch-threads N` starts the server with `microturn serve --torch-threads N` (default: the
+serve default for this machine's cores, `infra/threads.py`); the line `torch_threads:` says
+which ran.
 """
 
 from __future__ import annotations
@@ -40,11 +60,13 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e.aiortc_client import Caller, read_wav, speech_wav  # noqa: E402
+from infra.threads import available_cores, torch_threads_for  # noqa: E402
+from tests.e2e.aiortc_client import Caller, encode_packets, read_wav, speech_wav  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -62,10 +84,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def serve_with_stub_model() -> None:
-    """Child process: `microturn serve` with Engine.step replaced by an instant echo."""
+# server counters read before and after each measured window (Prometheus names)
+COUNTERS = {
+    "playout_underruns": "microturn_playout_underruns",
+    "worker_behind_steps": "microturn_worker_behind",
+    "input_gap_turns": "microturn_input_gap_turns",
+}
+
+
+async def server_counters(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """The COUNTERS' current totals from the server's /metrics."""
+    async with http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    totals = {
+        m.name: sum(s.value for s in m.samples if s.name.endswith("_total"))
+        for m in text_string_to_metric_families(text)
+    }
+    return {k: totals.get(name, 0.0) for k, name in COUNTERS.items()}
+
+
+def serve_with_stub_model(serve_args: list[str]) -> None:
+    """Child process: `microturn serve` with the engine's step replaced by an instant echo
+    (`step_isolated` is what the worker calls; `step` too, for anything else)."""
     from infra.messages import MicroTurnInput, MicroTurnOutput
-    from model.engine import Engine
+    from model.engine import Engine, StepResult
     from signaling import cli
 
     def echo_step(self: Engine, inputs: list[MicroTurnInput]) -> list[MicroTurnOutput]:
@@ -74,11 +116,17 @@ def serve_with_stub_model() -> None:
             for i in inputs
         ]
 
+    def echo_step_isolated(self: Engine, inputs: list[MicroTurnInput]) -> StepResult:
+        return StepResult(outputs=echo_step(self, inputs))
+
     Engine.step = echo_step  # type: ignore[method-assign]
-    sys.exit(cli.main(["serve"]))
+    Engine.step_isolated = echo_step_isolated  # type: ignore[method-assign]
+    sys.exit(cli.main(["serve", *serve_args]))
 
 
-def start_server(max_sessions: int, tmp: Path, *, stub: bool) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    max_sessions: int, tmp: Path, *, stub: bool, serve_args: list[str]
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {
         **os.environ,
@@ -86,9 +134,13 @@ def start_server(max_sessions: int, tmp: Path, *, stub: bool) -> tuple[subproces
         "MICROTURN_CHECKPOINT": str(tmp / "none"),
         "MICROTURN_MAX_SESSIONS": str(max_sessions),
         "MICROTURN_MAX_CALLS_PER_CLIENT": str(max_sessions),
+        # every caller is one anonymous client on 127.0.0.1: lift the per-client limits
+        "MICROTURN_ANONYMOUS_SLOT_SHARE": "1.0",
+        "MICROTURN_RATE_LIMIT_PER_MIN": "10000",
         "MICROTURN_LOG_LEVEL": "warning",
     }
     cmd = [sys.executable, __file__, "--stub-server"] if stub else [sys.executable, "-m", "signaling.cli", "serve"]
+    cmd += serve_args
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -107,23 +159,33 @@ def pct(xs: list[float], q: float) -> float:
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
-async def run_n(url: str, pid: int, n: int, seconds: float, audio: np.ndarray) -> dict[str, float]:
+async def run_n(
+    url: str, pid: int, n: int, seconds: float, audio: np.ndarray, *, codec: str, packets: list[bytes] | None
+) -> dict[str, float]:
+    """N calls at once; measure `seconds` of them once every call has its model output flowing."""
+    cheap = packets is not None
     async with aiohttp.ClientSession() as http:
-        callers = [Caller(url, http, audio, loop_audio=True) for _ in range(n)]
+        callers = [
+            Caller(url, http, audio, codec=codec, loop_audio=True, packets=packets, decode=not cheap) for _ in range(n)
+        ]
         try:
             for c in callers:
                 await c.mint_token()
                 r = await c.connect()
                 if r.status != 201:
-                    raise SystemExit(f"call refused: {r.status}")
+                    raise SystemExit(f"call refused: {r.status} {await r.text()}")
             for c in callers:
                 await c.wait_event(lambda e: e["type"] == "metrics.latency", timeout=20)
             await asyncio.sleep(1.0)  # settle: every call streaming, outputs flowing
             marks = [len(c.events) for c in callers]
             rx_marks = [len(c.received.arrivals) for c in callers]
-            cpu0, t0 = cpu_seconds(pid), time.monotonic()
+            lost_marks = [c.received.lost for c in callers]
+            counts0 = await server_counters(http, url)
+            cpu0, me0, t0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(seconds)
-            cpu1, t1 = cpu_seconds(pid), time.monotonic()
+            cpu1, me1, t1 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.monotonic()
+            counts1 = await server_counters(http, url)
+            lost = sum(c.received.lost - m for c, m in zip(callers, lost_marks, strict=True))
             lat = [
                 e for c, m in zip(callers, marks, strict=True) for e in c.events[m:] if e["type"] == "metrics.latency"
             ]
@@ -138,15 +200,22 @@ async def run_n(url: str, pid: int, n: int, seconds: float, audio: np.ndarray) -
             for c in callers:
                 await c.close()
     edge = [e["server_ms"] - e["step_ms"] for e in lat]
+    call_s = n * (t1 - t0)
     return {
-        "server_cpu_s_per_call_s": (cpu1 - cpu0) / (n * (t1 - t0)),
+        "server_cpu_s_per_call_s": (cpu1 - cpu0) / call_s,
+        "loadgen_cpu_s_per_call_s": (me1 - me0) / call_s,
         "edge_added_ms_p50": pct(edge, 50),
         "edge_added_ms_p95": pct(edge, 95),
         "turn_latency_ms_p50": pct([e["server_ms"] for e in lat], 50),
         "step_ms_p50": pct([e["step_ms"] for e in lat], 50),
+        **{k: counts1[k] - counts0[k] for k in COUNTERS},
         "rx_max_gap_ms": max(gaps) if gaps else float("nan"),
+        "rx_lost_packets": float(lost) if cheap else float("nan"),
         "turns_measured": float(len(lat)),
     }
+
+
+INTS = {"turns_measured", "rx_lost_packets", *COUNTERS}
 
 
 async def main() -> None:
@@ -154,24 +223,32 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="measured call time per N")
     ap.add_argument("--calls", default="1,4,8", help="comma-separated concurrent call counts")
     ap.add_argument("--no-stub", action="store_true", help="skip the echo-stub rows")
-    ap.add_argument("--stub-server", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-model", action="store_true", help="skip the model rows")
+    ap.add_argument("--torch-threads", type=int, help="`microturn serve --torch-threads N` (default: serve's own)")
+    ap.add_argument("--load", choices=("encoded", "full"), default="encoded", help="cheap callers or real ones")
+    ap.add_argument("--codec", choices=("opus", "pcmu"), default="opus", help="the callers' audio codec")
     args = ap.parse_args()
-    if args.stub_server:
-        serve_with_stub_model()
     ns = [int(x) for x in args.calls.split(",")]
+    serve_args = [] if args.torch_threads is None else ["--torch-threads", str(args.torch_threads)]
+    threads = torch_threads_for(available_cores(), args.torch_threads)
     print(f"cpus: {os.cpu_count()}")
+    print(f"torch_threads: {threads} ({'flag' if args.torch_threads else 'serve default'})")
+    print(f"load: {args.load}")
+    print(f"codec: {args.codec}")
     print(f"seconds_per_n: {args.seconds:g}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         audio = read_wav(speech_wav(tmp / "speech.wav", 6.0))
-        for stub in (False, True) if not args.no_stub else (False,):
-            proc, url = start_server(max(ns), tmp, stub=stub)
+        packets = encode_packets(audio, args.codec) if args.load == "encoded" else None
+        for stub in [x for x, skip in ((False, args.no_model), (True, args.no_stub)) if not skip]:
+            proc, url = start_server(max(ns), tmp, stub=stub, serve_args=serve_args)
             try:
                 for n in ns:
-                    res = await run_n(url, proc.pid, n, args.seconds, audio)
+                    res = await run_n(url, proc.pid, n, args.seconds, audio, codec=args.codec, packets=packets)
                     for k, v in res.items():
                         name = f"{k}{'_stub' if stub else ''}_N{n}"
-                        print(f"{name}: {int(v)}" if k == "turns_measured" else f"{name}: {v:.3f}", flush=True)
+                        ok = k in INTS and np.isfinite(v)
+                        print(f"{name}: {int(v)}" if ok else f"{name}: {v:.3f}", flush=True)
                     await asyncio.sleep(1.0)  # let the server release the calls
             finally:
                 proc.terminate()
@@ -179,6 +256,6 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    if "--stub-server" in sys.argv:
-        serve_with_stub_model()
+    if sys.argv[1:2] == ["--stub-server"]:
+        serve_with_stub_model(sys.argv[2:])
     asyncio.run(main())

@@ -4,6 +4,10 @@ It does what the call page does: mint a token, create the `events` data channel 
 offer, send microphone audio (a wav streamed in real time) and optionally a camera, POST the
 offer, play nothing but record every frame of model audio and every event that arrives.
 
+For load generation (tests/bench/bench_edge.py) a caller can be cheap: `packets=` replays
+payloads encoded once by `encode_packets` (no encoder per call), and `decode=False` counts the
+model's RTP packets as they arrive instead of decoding them (no decoder thread work).
+
 Run as a program it is a caller that can be killed without hanging up (the test of a client
 that vanishes): `python -m tests.e2e.aiortc_client http://127.0.0.1:PORT` prints
 `connected <call_id>` once media flows and then streams until it is killed.
@@ -29,7 +33,9 @@ import aiohttp
 import av
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.codecs import get_encoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtp import RtpPacket
 
 RATE = 16_000
 FRAME = 320  # 20 ms at 16 kHz
@@ -139,6 +145,67 @@ class WavTrack(MediaStreamTrack):
         return frame
 
 
+# RTP clock rate and samples per 20 ms packet of the audio codecs the server answers with
+CODEC_CLOCK = {"opus": (48_000, 960), "pcmu": (8_000, 160), "pcma": (8_000, 160)}
+
+
+def encode_packets(audio: np.ndarray, codec: str = "opus") -> list[bytes]:
+    """`audio` (16 kHz mono float) as the 20 ms payloads aiortc's own encoder sends for `codec`,
+    encoded once so that any number of `EncodedTrack`s can replay them for free."""
+    params = next(c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == f"audio/{codec}")
+    encoder = get_encoder(params)  # type: ignore[arg-type]  # it reads only mimeType
+    pcm = np.rint(np.clip(audio, -1, 1) * 32767).astype(np.int16)
+    out: list[bytes] = []
+    for n, i in enumerate(range(0, pcm.size - FRAME + 1, FRAME)):
+        frame = av.AudioFrame.from_ndarray(pcm[None, i : i + FRAME], format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.pts = n * FRAME
+        frame.time_base = fractions.Fraction(1, RATE)
+        out += encoder.encode(frame)[0]
+    return out
+
+
+class EncodedTrack(MediaStreamTrack):
+    """A microphone that replays pre-encoded 20 ms payloads in real time on absolute deadlines,
+    like `WavTrack` (again and again with `loop=True`; else the track ends after the last).
+    aiortc's sender packs an `av.Packet` without encoding it; pts in the codec's clock keep the
+    RTP timestamps continuous across the loop."""
+
+    kind = "audio"
+
+    def __init__(self, packets: list[bytes], codec: str = "opus", *, loop: bool = False) -> None:
+        super().__init__()
+        if not packets:
+            raise ValueError("no packets to send")
+        self.packets = packets
+        self.clock, self.step = CODEC_CLOCK[codec]
+        self.loop = loop
+        self.finished = asyncio.Event()
+        self._n = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.Packet:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        delay = self._start + self._n * FRAME / RATE - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        i = self._n % len(self.packets) if self.loop else self._n
+        if i >= len(self.packets):
+            self.finished.set()
+            self.stop()
+            raise MediaStreamError
+        if i == len(self.packets) - 1:
+            self.finished.set()
+        packet = av.Packet(self.packets[i])
+        packet.pts = self._n * self.step
+        packet.time_base = fractions.Fraction(1, self.clock)
+        self._n += 1
+        return packet
+
+
 class ColorBarsTrack(MediaStreamTrack):
     """A small camera (160x120 at 10 fps) so VP8 costs little."""
 
@@ -175,6 +242,7 @@ class Received:
     pts: list[int] = field(default_factory=list)
     samples: list[int] = field(default_factory=list)
     rms: list[float] = field(default_factory=list)
+    lost: int = 0  # RTP sequence numbers skipped (decode=False only)
 
 
 class Caller:
@@ -187,11 +255,20 @@ class Caller:
         codec: str = "opus",
         video: bool = False,
         loop_audio: bool = False,
+        packets: list[bytes] | None = None,
+        decode: bool = True,
     ) -> None:
+        """`packets`: send these pre-encoded `codec` payloads (`encode_packets`) instead of
+        encoding `audio`; `decode=False`: record each arriving RTP packet of model audio
+        (arrival time, RTP timestamp, lost sequence numbers) instead of decoding it."""
         self.base_url = base_url.rstrip("/")
         self.http = http
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.mic = WavTrack(audio, loop=loop_audio)
+        self.mic: WavTrack | EncodedTrack = (
+            WavTrack(audio, loop=loop_audio) if packets is None else EncodedTrack(packets, codec, loop=loop_audio)
+        )
+        self.decode = decode
+        self._last_seq: int | None = None
         self.cam = ColorBarsTrack() if video else None
         self.codec = codec
         self.events: list[dict[str, Any]] = []
@@ -218,7 +295,7 @@ class Caller:
         self._event_arrived.set()
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio" and self._reader is None:
+        if track.kind == "audio" and self._reader is None and self.decode:
             self._reader = asyncio.create_task(self._read(track), name="test-caller-read")
 
     async def _read(self, track: MediaStreamTrack) -> None:
@@ -235,6 +312,19 @@ class Caller:
             x = frame.to_ndarray().astype(np.float32) / 32768.0
             r.rms.append(float(np.sqrt(np.mean(x * x))))
 
+    async def _count_rtp(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        """Stands in for the audio receiver's packet handler when decode=False: no jitter
+        buffer, no decoder thread, no frames; the RTCP loop still runs."""
+        r = self.received
+        r.arrivals.append(time.monotonic())
+        r.pts.append(packet.timestamp)
+        if self._last_seq is not None:
+            ahead = (packet.sequence_number - self._last_seq) % 65536
+            if ahead == 0 or ahead >= 32768:  # duplicate or late: already counted as lost
+                return
+            r.lost += ahead - 1
+        self._last_seq = packet.sequence_number
+
     async def mint_token(self, api_key: str | None = None) -> str:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         async with self.http.post(f"{self.base_url}/v1/sessions", json={}, headers=headers) as r:
@@ -245,6 +335,8 @@ class Caller:
     async def offer(self) -> str:
         """Local offer SDP with candidates (aiortc gathers before it returns)."""
         t = self.pc.addTransceiver(self.mic, direction="sendrecv")
+        if not self.decode:
+            t.receiver._handle_rtp_packet = self._count_rtp  # type: ignore[method-assign]
         if self.codec != "opus":
             want = f"audio/{self.codec.upper()}"
             caps = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == want]
