@@ -15,13 +15,20 @@ and receiving the model's audio and events. For each N it prints `name: value` l
   left is the edge, the bus and the worker's scheduling (its 5 ms gather window included);
 - turn_latency_ms_p50_N{n}, step_ms_p50_N{n}: the same turn latency with the model compute,
   and the compute alone, for context;
+- step_ms_mean_N{n}: the mean of every step in the window from the server's own histogram
+  (`microturn_step_seconds`), there even when no turn yields a latency event;
+  realtime_ratio_N{n}: session-turns the engine stepped per call per 200 ms (1.0 = it keeps
+  up with real time; below, turns are dropped and stepped as silence);
 - playout_underruns_N{n}: times a call's output track ran dry while playing (the model's
   audio for the next turn was not there when its first frame was due), all calls, from the
-  server's `microturn_playout_underruns_total`; worker_behind_steps_N{n}: steps that took
-  longer than one micro-turn (`microturn_worker_behind_total`); input_gap_turns_N{n}: input
-  turns the edge filled with silence because the caller's audio was missing
-  (`microturn_input_gap_turns_total`). Counters the calls export about once a second, so the
-  window they cover lags the measured one by up to a second;
+  server's `microturn_playout_underruns_total` (the calls export it about once a second, so
+  its window lags the measured one by up to a second);
+- worker_behind_steps_N{n}: steps longer than one micro-turn; gap_steps_N{n}: turns the worker
+  stepped with silence because their input was late or dropped; stale_inputs_N{n}: inputs it
+  dropped because it was behind; input_gap_turns_N{n}: input turns the edge filled with silence
+  because the caller's audio was missing (all server counters). A turn stepped as a gap has no
+  latency event: when the engine is behind real time every turn may be one, and the latency
+  rows read nan with turns_measured 0;
 - rx_max_gap_ms_N{n}: the largest gap between audio packets (frames with `--load full`)
   arriving at any caller; rx_lost_packets_N{n}: RTP sequence numbers that never arrived
   (`--load encoded` only; nan with `--load full`);
@@ -84,23 +91,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# server counters read before and after each measured window (Prometheus names)
+# server counters read before and after each measured window: row name -> Prometheus sample
 COUNTERS = {
-    "playout_underruns": "microturn_playout_underruns",
-    "worker_behind_steps": "microturn_worker_behind",
-    "input_gap_turns": "microturn_input_gap_turns",
+    "playout_underruns": "microturn_playout_underruns_total",
+    "worker_behind_steps": "microturn_worker_behind_total",
+    "gap_steps": "microturn_gap_steps_total",
+    "stale_inputs": "microturn_stale_inputs_total",
+    "input_gap_turns": "microturn_input_gap_turns_total",
 }
+STEPS = "microturn_step_seconds_count"
+STEP_S = "microturn_step_seconds_sum"
+SESSION_TURNS = "microturn_batch_size_sum"  # every session-turn stepped, gap steps included
+TURNS_PER_S = 5.0  # 200 ms micro-turns
 
 
-async def server_counters(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
-    """The COUNTERS' current totals from the server's /metrics."""
+async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
+    """Every sample on the server's /metrics by name, summed over labels."""
     async with http.get(f"{url}/metrics") as r:
         text = await r.text()
-    totals = {
-        m.name: sum(s.value for s in m.samples if s.name.endswith("_total"))
-        for m in text_string_to_metric_families(text)
-    }
-    return {k: totals.get(name, 0.0) for k, name in COUNTERS.items()}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
 
 
 def serve_with_stub_model(serve_args: list[str]) -> None:
@@ -116,7 +129,7 @@ def serve_with_stub_model(serve_args: list[str]) -> None:
             for i in inputs
         ]
 
-    def echo_step_isolated(self: Engine, inputs: list[MicroTurnInput]) -> StepResult:
+    def echo_step_isolated(self: Engine, inputs: list[MicroTurnInput], **_: bool) -> StepResult:
         return StepResult(outputs=echo_step(self, inputs))
 
     Engine.step = echo_step  # type: ignore[method-assign]
@@ -180,11 +193,11 @@ async def run_n(
             marks = [len(c.events) for c in callers]
             rx_marks = [len(c.received.arrivals) for c in callers]
             lost_marks = [c.received.lost for c in callers]
-            counts0 = await server_counters(http, url)
+            counts0 = await scrape(http, url)
             cpu0, me0, t0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(seconds)
             cpu1, me1, t1 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.monotonic()
-            counts1 = await server_counters(http, url)
+            counts1 = await scrape(http, url)
             lost = sum(c.received.lost - m for c, m in zip(callers, lost_marks, strict=True))
             lat = [
                 e for c, m in zip(callers, marks, strict=True) for e in c.events[m:] if e["type"] == "metrics.latency"
@@ -201,6 +214,10 @@ async def run_n(
                 await c.close()
     edge = [e["server_ms"] - e["step_ms"] for e in lat]
     call_s = n * (t1 - t0)
+
+    def delta(name: str) -> float:
+        return counts1.get(name, 0.0) - counts0.get(name, 0.0)
+
     return {
         "server_cpu_s_per_call_s": (cpu1 - cpu0) / call_s,
         "loadgen_cpu_s_per_call_s": (me1 - me0) / call_s,
@@ -208,7 +225,9 @@ async def run_n(
         "edge_added_ms_p95": pct(edge, 95),
         "turn_latency_ms_p50": pct([e["server_ms"] for e in lat], 50),
         "step_ms_p50": pct([e["step_ms"] for e in lat], 50),
-        **{k: counts1[k] - counts0[k] for k in COUNTERS},
+        "step_ms_mean": 1000 * delta(STEP_S) / delta(STEPS) if delta(STEPS) else float("nan"),
+        "realtime_ratio": delta(SESSION_TURNS) / (TURNS_PER_S * call_s),
+        **{k: delta(name) for k, name in COUNTERS.items()},
         "rx_max_gap_ms": max(gaps) if gaps else float("nan"),
         "rx_lost_packets": float(lost) if cheap else float("nan"),
         "turns_measured": float(len(lat)),
