@@ -174,6 +174,46 @@ def attend(
     return y.view(B, H, T, hd)
 
 
+@dataclass
+class SessionPlan:
+    """What batch-invariant attention needs per session, built once per forward and shared by
+    its layers: each session's real query count (ragged padding is a right-padded prefix), how
+    many leading cache entries its keys occupy, and its additive mask over exactly those."""
+
+    q_lens: list[int]
+    kv_lens: list[int]
+    bias: list[torch.Tensor | None]  # (1, rep*n, m): 0 attended, -inf not; None: no queries
+
+    @classmethod
+    def build(
+        cls,
+        qpos: torch.Tensor,  # (B, T)
+        kpos: torch.Tensor,  # (B, Tk)
+        valid: torch.Tensor,  # (B, T)
+        n_sinks: int,
+        window: int,
+        rep: int,
+        q_lens: list[int] | None = None,
+        kv_lens: list[int] | None = None,
+    ) -> SessionPlan:
+        """`q_lens`, `kv_lens`: host ints from the caller (no host read). A session's `kv_lens`
+        entry must depend on that session alone (e.g. its own filled entries, bucketed) and
+        cover every entry it can attend to; when None, both are read back from the tensors
+        once here: the real queries, and the entries up to the session's last filled one."""
+        if q_lens is None or kv_lens is None:
+            filled = torch.where(kpos >= 0, torch.arange(1, kpos.shape[1] + 1, device=kpos.device), 0).amax(dim=1)
+            read = torch.stack([valid.sum(dim=1), filled]).tolist()  # one host read per forward
+            q_lens = read[0] if q_lens is None else q_lens
+            kv_lens = read[1] if kv_lens is None else kv_lens
+        allowed = attention_mask(qpos, kpos, n_sinks, window)[:, 0]  # (B, T, Tk)
+        bias_all = torch.zeros(allowed.shape, device=qpos.device).masked_fill_(~allowed, float("-inf"))
+        bias: list[torch.Tensor | None] = []
+        for b, (n, m) in enumerate(zip(q_lens, kv_lens, strict=True)):
+            # a fresh (1, rep*n, m) buffer: each kv head's query heads are its rows (`_attend_one`)
+            bias.append(bias_all[b, :n, :m].repeat(rep, 1)[None] if n else None)
+        return cls(q_lens=list(q_lens), kv_lens=list(kv_lens), bias=bias)
+
+
 def attend_per_session(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -183,34 +223,59 @@ def attend_per_session(
     valid: torch.Tensor,
     n_sinks: int,
     window: int,
+    plan: SessionPlan | None = None,
+    cache_rows: list[int] | None = None,
 ) -> torch.Tensor:
-    """`attend` computed session by session, on each one's real queries and keys alone; padding
-    rows are 0. Fancy indexing copies a session's rows into fresh (allocator-aligned) buffers,
-    so the calls a session makes depend on nothing but that session (see the module docstring).
-    """
-    y = torch.zeros_like(q)  # (B, H, T, hd)
-    for b in range(q.shape[0]):
-        qi = valid[b].nonzero().squeeze(1)
-        if qi.numel() == 0:
+    """`attend` computed session by session, each on its real queries and its first
+    `plan.kv_lens[b]` keys alone; padding rows are 0. Every call a session makes gets operands
+    whose shapes, strides, alignment and values depend on nothing but that session (see the
+    module docstring). No host read when `plan` is given.
+
+    `cache_rows`: k and v are one layer of the KV cache, (slots, Hkv, C, hd), and session b's
+    keys are those of slot `cache_rows[b]`, read in place (the cache's layout is fixed whatever
+    the batch); else k and v are (B, Hkv, Tk, hd) and each session's keys are copied out."""
+    B, H, T, hd = q.shape
+    Hkv = k.shape[1]
+    rep = H // Hkv
+    if plan is None:
+        plan = SessionPlan.build(qpos, kpos, valid, n_sinks, window, rep)
+    outs: list[torch.Tensor | None] = []
+    for b in range(B):
+        n, m, bias = plan.q_lens[b], plan.kv_lens[b], plan.bias[b]
+        if bias is None:
+            outs.append(None)
             continue
-        ki = (kpos[b] >= 0).nonzero().squeeze(1)
-        mask = attention_mask(qpos[b, qi][None], kpos[b, ki][None], n_sinks, window)[0]  # (1, n, m)
-        y[b][:, qi] = _attend_one(q[b][:, qi], k[b][:, ki], v[b][:, ki], mask)
+        qb = q.new_empty(Hkv, rep * n, hd)  # fresh: q[b]'s strides depend on the padded T
+        qb.view(H, n, hd).copy_(q[b, :, :n])
+        row = b if cache_rows is None else cache_rows[b]
+        kb, vb = _own(k[row, :, :m], cache_rows is not None), _own(v[row, :, :m], cache_rows is not None)
+        outs.append(_attend_one(qb, kb, vb, bias).view(H, n, hd))
+    if all(o is not None and o.shape[1] == T for o in outs):
+        return torch.stack(outs)  # type: ignore[arg-type]
+    y = q.new_zeros(q.shape)  # (B, H, T, hd)
+    for b, o in enumerate(outs):
+        if o is not None:
+            y[b, :, : o.shape[1]] = o
     return y
 
 
-def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(hd)) v of one session: q (H, n, hd), k, v (Hkv, m, hd), mask (1, n, m).
+def _own(x: torch.Tensor, in_cache: bool) -> torch.Tensor:
+    """x itself when it is a cache slot's view starting 64-byte aligned, as a fresh allocation
+    would (its strides are the cache's, fixed whatever the batch); else a copy into a fresh buffer."""
+    if in_cache and x.data_ptr() % 64 == 0:
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
+
+
+def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd) + bias) v of one session: q (Hkv, rep*n, hd) with each kv head's
+    query heads as its rows, k, v (Hkv, m, hd), bias (1, rep*n, m) -> (Hkv, rep*n, hd).
 
     Plain GEMMs and a softmax rather than SDPA: the same arithmetic, and small ones that run
     on the calling thread, where SDPA would start a parallel region per session and layer.
     """
-    H, n, hd = q.shape
-    rep = H // k.shape[0]
-    qg = q.reshape(k.shape[0], rep * n, hd)  # (Hkv, rep*n, hd): each kv head's query heads
-    scores = torch.matmul(qg, k.transpose(1, 2)) * hd**-0.5  # (Hkv, rep*n, m)
-    scores = scores.masked_fill(~mask.repeat(1, rep, 1), float("-inf"))
-    return torch.matmul(scores.softmax(dim=-1), v).view(H, n, hd)
+    scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=q.shape[-1] ** -0.5)  # (Hkv, rep*n, m)
+    return torch.bmm(scores.softmax(dim=-1), v)
 
 
 class Attention(nn.Module):
@@ -241,17 +306,25 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
 
+        n_sinks, window = self.cfg.n_sinks, self.cfg.window
         if ctx is None:  # teacher-forced: the chunk is the whole sequence
-            k_all, v_all, kpos = k, v, torch.where(valid, pos, -1)
+            kpos = torch.where(valid, pos, -1)
+            if self.batch_invariant:
+                y = attend_per_session(q, k, v, pos, kpos, valid, n_sinks, window)
+            else:
+                y = attend(q, k, v, pos, kpos, valid, n_sinks, window, mask)  # (B, H, T, hd)
         else:  # streaming: write first, then read the slots' cache in place
             ctx.cache.write(self.layer, ctx.slots, k, v, ctx.where)
-            n = ctx.kpos.shape[1]
-            k_all, v_all = ctx.cache.k[self.layer, ctx.rows, :, :n], ctx.cache.v[self.layer, ctx.rows, :, :n]
-            kpos = ctx.kpos
-        if self.batch_invariant:
-            y = attend_per_session(q, k_all, v_all, pos, kpos, valid, self.cfg.n_sinks, self.cfg.window)
-        else:
-            y = attend(q, k_all, v_all, pos, kpos, valid, self.cfg.n_sinks, self.cfg.window, mask)  # (B, H, T, hd)
+            k_cache, v_cache = ctx.cache.k[self.layer], ctx.cache.v[self.layer]
+            if self.batch_invariant:
+                plan = ctx.session_plan(pos, valid, n_sinks, window, self.n_heads // self.n_kv)
+                y = attend_per_session(
+                    q, k_cache, v_cache, pos, ctx.kpos, valid, n_sinks, window, plan=plan, cache_rows=ctx.slot_ids
+                )
+            else:
+                n = ctx.kpos.shape[1]
+                k_all, v_all = k_cache[ctx.rows, :, :n], v_cache[ctx.rows, :, :n]
+                y = attend(q, k_all, v_all, pos, ctx.kpos, valid, n_sinks, window, mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
@@ -265,6 +338,10 @@ class CacheContext:
     rows: slice | torch.Tensor
     where: Where
     kpos: torch.Tensor  # (B, n) positions of the first n entries, the only ones read
+    slot_ids: list[int]  # the slots as host ints
+    q_lens: list[int] | None = None  # per session: real chunk positions (batch-invariant mode)
+    kv_lens: list[int] | None = None  # per session: cache entries its attention reads (idem)
+    plan: SessionPlan | None = None  # built by the first batch-invariant layer, shared by the rest
 
     @classmethod
     def begin(
@@ -276,13 +353,38 @@ class CacheContext:
         *,
         rows: slice | list[int] | None = None,
         kv_len: int | None = None,
+        q_lens: list[int] | None = None,
+        kv_lens: list[int] | None = None,
     ) -> CacheContext:
         """`rows`: `KVCache.rows` of the slots, from host ints (computed from `slots` when None,
         a host read). `kv_len`: how many leading entries can be filled (the rest are empty and
-        need not be read: a young session's ring has not wrapped); None = all."""
+        need not be read: a young session's ring has not wrapped); None = all.
+
+        Batch-invariant attention only: `q_lens`, each session's number of real positions in
+        the chunk, and `kv_lens`, each session's own leading entries to read, which must depend
+        on that session alone (e.g. `kv_bucket` of its own newest position + 1, never the
+        batch's `kv_len`). Without them the first layer reads them back once (`SessionPlan`)."""
         where = cache.begin(slots, pos, valid)
         if rows is None:
             rows = cache.rows(slots.tolist())
+        slot_ids = list(range(rows.start, rows.stop)) if isinstance(rows, slice) else list(rows)
         index: slice | torch.Tensor = rows if isinstance(rows, slice) else slots
         n = cache.cache_len if kv_len is None else min(kv_len, cache.cache_len)
-        return cls(cache=cache, slots=slots, rows=index, where=where, kpos=cache.pos[index, :n])
+        return cls(
+            cache=cache,
+            slots=slots,
+            rows=index,
+            where=where,
+            kpos=cache.pos[index, :n],
+            slot_ids=slot_ids,
+            q_lens=q_lens,
+            kv_lens=kv_lens,
+        )
+
+    def session_plan(self, pos: torch.Tensor, valid: torch.Tensor, n_sinks: int, window: int, rep: int) -> SessionPlan:
+        """The forward's `SessionPlan` (the same for every layer: built once)."""
+        if self.plan is None:
+            self.plan = SessionPlan.build(
+                pos, self.kpos, valid, n_sinks, window, rep, q_lens=self.q_lens, kv_lens=self.kv_lens
+            )
+        return self.plan

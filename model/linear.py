@@ -3,23 +3,28 @@
 A GEMM library picks its blocking, hence its summation order, from the number of rows: the
 same token can round differently alone and in a batch of 32. In batch-invariant mode every
 row gets the same arithmetic whatever else shares the call — the Triton fixed-tile matmul on
-CUDA, and on CPU one 1-row GEMM per row (a batched GEMM over a stride-0 expanded weight, no
-copy). The parameters are those of nn.Linear, so checkpoints do not care about the mode.
+CUDA, and on CPU fixed-shape tiles: the rows are zero-padded to a multiple of `TILE` and
+multiplied as one batched GEMM of identical (TILE, K) @ (K, N) items over a stride-0 expanded
+weight (no copy). Every call the library sees then has the same shape whatever the batch, so
+its blocking and reduction order are fixed; nearly the cost of one plain GEMM (a 1-row GEMM
+per row, the previous formulation, was 3-5x a plain GEMM). The parameters are those of
+nn.Linear, so checkpoints do not care about the mode.
 
-What the CPU path guarantees, and what it does not: `rowwise_matmul` hands the library R
-identical-shape 1-row problems in ONE batched call. That is not the argument of a per-row
-loop. A loop makes R separate calls, each of which sees only its row (`per_item_matmul` also
-copies every item to an equally aligned slot), so the only assumption is that the same call
-on the same inputs gives the same bits. A batched call is free to group, vectorize or thread
-items together and to treat an item by where it sits, and nothing in PyTorch's or the BLAS's
-contract says it will not. It does: with MKL on an AMD EPYC (PyTorch 2.13), items of a
-batched 1-row GEMM whose output width N is not a multiple of 4 (N = 5, 7, 37...) round by
-their index in the batch. Every (K, N) the presets use is a multiple of 4 and measured
-row-invariant there, so deterministic serving holds on that machine, but that is an observed
-property of one BLAS, not a guarantee; tests/model/_blas.py checks it for a model's shapes
-before a bitwise test relies on it. A guaranteed CPU path would be one call per row (about
-5 us each: a prefill of 400 rows through ~60 projections is ~0.1 s) or a fixed tree of
-elementwise products (K times the memory traffic); neither is paid yet.
+What the CPU path guarantees, and what it does not: a row's result must not depend on where
+it sits, neither on its row within a tile nor on its tile within the batched call, nor on
+the other rows. That is not the argument of a per-row loop. A loop makes R separate calls,
+each of which sees only its row (`per_item_matmul` also copies every item to an equally
+aligned slot), so the only assumption is that the same call on the same inputs gives the same
+bits. A GEMM is free to treat a row by its place (an edge tile, a scalar remainder loop) and
+nothing in PyTorch's or the BLAS's contract says it will not. It does: with MKL on an AMD
+EPYC and on this Intel AVX2 machine (PyTorch 2.13), rows round by their place when the output
+width N is not a multiple of 4 (N = 1, 5, 7...; the 1-row batched formulation also for N = 37).
+Every (K, N) the presets use is a multiple of 4 and measured row-invariant, so deterministic
+serving holds on these machines, but that is an observed property of one BLAS, not a
+guarantee; tests/model/_blas.py checks it for a model's shapes before a bitwise test relies on
+it. A guaranteed CPU path would be one call per row (about 5 us each: a prefill of 400 rows
+through ~60 projections is ~0.1 s) or a fixed tree of elementwise products (K times the
+memory traffic); neither is paid yet.
 """
 
 from __future__ import annotations
@@ -55,21 +60,37 @@ def per_item_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.stack(items) if items else x.new_zeros(0, n, w.shape[1])
 
 
+# Rows per fixed-shape GEMM item of the CPU batch-invariant path: a decode step of 16 sessions
+# is one tile, and a GEMM of 16 rows runs near the speed of a large one.
+TILE = 16
+
+
 def rowwise_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """(..., K) @ (K, N) [+ bias] with each row's result independent of the other rows."""
     lead = x.shape[:-1]
     rows = x.reshape(-1, x.shape[-1])  # (R, K)
-    R = rows.shape[0]
     if x.is_cuda:
         out = matmul(rows.contiguous(), w)  # the kernel reads w's strides: no transpose copy
         out = out if bias is None else out + bias
     else:
-        wx = w.expand(R, *w.shape)  # (R, K, N) stride-0 view
-        if bias is None:
-            out = torch.bmm(rows[:, None], wx)[:, 0]
-        else:
-            out = torch.baddbmm(bias.expand(R, 1, -1), rows[:, None], wx)[:, 0]
+        out = tiled_matmul(rows, w, bias)
     return out.reshape(*lead, w.shape[1])
+
+
+def tiled_matmul(rows: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(R, K) @ (K, N) [+ bias] on CPU as ceil(R / TILE) identical (TILE, K) GEMM items of one
+    batched call over a stride-0 weight, the last zero-padded: the call's item shape never
+    depends on R (see the module docstring for what that does and does not guarantee)."""
+    R, K = rows.shape
+    n_tiles = -(-R // TILE)
+    if n_tiles * TILE == R and rows.is_contiguous():
+        tiles = rows.view(n_tiles, TILE, K)
+    else:
+        tiles = rows.new_zeros(n_tiles, TILE, K)
+        tiles.view(-1, K)[:R] = rows
+    wx = w.expand(n_tiles, *w.shape)  # (n_tiles, K, N) stride-0 view
+    out = torch.bmm(tiles, wx) if bias is None else torch.baddbmm(bias.expand(n_tiles, TILE, -1), tiles, wx)
+    return out.view(n_tiles * TILE, -1)[:R]
 
 
 @runtime_checkable

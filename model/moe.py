@@ -31,7 +31,7 @@ from model.config import ModelConfig
 from model.exact import softmax as exact_softmax
 from model.kernels import moe_decode
 from model.kernels._dispatch import triton_available
-from model.linear import Linear, rowwise_matmul
+from model.linear import TILE, Linear
 from model.norm import row_sum
 
 
@@ -113,7 +113,8 @@ class MoE(nn.Module):
             if x.is_cuda:
                 # Triton gather+GEMV: fixed reduction order per (token, slot), no atomics
                 return moe_decode(x, self.w_gate, self.w_up, self.w_down, idx, w)
-            return _combine(moe_grouped_rows(x, self.w_gate, self.w_up, self.w_down, idx), w)
+            experts = moe_dense_tiled if x.shape[0] <= TILE else moe_grouped_rows
+            return _combine(experts(x, self.w_gate, self.w_up, self.w_down, idx), w)
         if x.is_cuda and moe_decode_available(x) and idx.numel() <= self.cfg.n_experts:
             # decode: fewer (token, slot) pairs than experts, so gathering beats grouping
             return moe_decode(x, self.w_gate, self.w_up, self.w_down, idx, w)
@@ -172,23 +173,60 @@ def moe_grouped(
 def moe_grouped_rows(
     x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, idx: torch.Tensor
 ) -> torch.Tensor:  # (N, K, D)
-    """`moe_grouped` with every pair a 1-row GEMM (batch-invariant; model/linear.py). Each
-    expert's row count must be known on the host to slice its group: on a CPU that is a host
-    read of a host tensor, not a device sync; on CUDA the Triton kernel replaces this."""
+    """`moe_grouped` in fixed-shape row tiles (batch-invariant; model/linear.py): each expert's
+    pairs are zero-padded to whole `TILE`-row tiles of one buffer, and each expert multiplies
+    its tiles as one batched GEMM of (TILE, D) items over its stride-0 weight. Each expert's
+    tile count must be known on the host to slice its tiles: on a CPU that is a host read of a
+    host tensor, not a device sync; on CUDA the Triton kernel replaces this."""
     N, K = idx.shape
-    order, offs = _sort_pairs(idx, w_gate.shape[0])
-    xs = x[order // K]
-    ys = torch.empty_like(xs)
-    start = 0
-    for e, end in enumerate(offs.tolist()):
-        if end > start:
-            xe = xs[start:end]
-            h = F.silu(rowwise_matmul(xe, w_gate[e])) * rowwise_matmul(xe, w_up[e])
-            ys[start:end] = rowwise_matmul(h, w_down[e])
-        start = end
-    out = torch.empty_like(ys)
-    out[order] = ys
-    return out.view(N, K, -1)
+    E, D, _ = w_gate.shape
+    flat = idx.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=E)
+    tiles = [-(-c // TILE) for c in counts.tolist()]
+    first = [0]
+    for t in tiles[:-1]:
+        first.append(first[-1] + t)
+    # row of the tiled buffer for each pair in expert order: its expert's first tile row plus
+    # its rank within the expert
+    shift = torch.tensor(first, device=x.device) * TILE - (torch.cumsum(counts, 0) - counts)
+    dst = torch.arange(N * K, device=x.device) + shift[flat[order]]
+    n_tiles = first[-1] + tiles[-1]
+    xt = x.new_zeros(n_tiles, TILE, D)
+    xt.view(-1, D)[dst] = x[order // K]
+    yt = torch.empty_like(xt)
+    for e in range(E):
+        if tiles[e]:
+            a, b = first[e], first[e] + tiles[e]
+            h = _swiglu_tiles(xt[a:b], w_gate[e], w_up[e])
+            yt[a:b] = torch.bmm(h, w_down[e].expand(b - a, *w_down[e].shape))
+    out = torch.empty(N * K, D, device=x.device, dtype=x.dtype)
+    out[order] = yt.view(-1, D)[dst]
+    return out.view(N, K, D)
+
+
+def moe_dense_tiled(
+    x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:  # (N, K, D)
+    """`moe_grouped_rows` for at most `TILE` tokens (decode): the one tile of tokens through
+    every expert (one batched GEMM of E (TILE, D) items per projection), then each pair picks
+    its expert's row. No host read and no data-dependent shape; the same per-row GEMM items as
+    grouping, so the same bits (tests/model/test_moe.py), at the cost of E tiles where
+    grouping would run about N*K/TILE + E."""
+    N = idx.shape[0]
+    E, D, _ = w_gate.shape
+    xt = x.new_zeros(TILE, D)
+    xt[:N] = x
+    xe = xt.expand(E, TILE, D)
+    h = F.silu(torch.bmm(xe, w_gate)) * torch.bmm(xe, w_up)  # (E, TILE, I)
+    y = torch.bmm(h, w_down)  # (E, TILE, D)
+    return y[idx, torch.arange(N, device=x.device)[:, None]]  # (N, K, D)
+
+
+def _swiglu_tiles(xt: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor) -> torch.Tensor:
+    """silu(xt @ w_gate) * (xt @ w_up) for (T, TILE, D) tiles of one expert."""
+    n = xt.shape[0]
+    return F.silu(torch.bmm(xt, w_gate.expand(n, *w_gate.shape))) * torch.bmm(xt, w_up.expand(n, *w_up.shape))
 
 
 def moe_gather(
