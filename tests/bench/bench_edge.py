@@ -19,6 +19,8 @@ and receiving the model's audio and events. For each N it prints `name: value` l
   (`microturn_step_seconds`), there even when no turn yields a latency event;
   realtime_ratio_N{n}: session-turns the engine stepped per call per 200 ms (1.0 = it keeps
   up with real time; below, turns are dropped and stepped as silence);
+  server_cpu_ms_per_session_turn_N{n}: the server's CPU per session-turn it stepped (edge
+  included): the cost of a turn, comparable even when the engine is behind real time;
 - playout_underruns_N{n}: times a call's output track ran dry while playing (the model's
   audio for the next turn was not there when its first frame was due), all calls, from the
   server's `microturn_playout_underruns_total` (the calls export it about once a second, so
@@ -226,6 +228,9 @@ async def run_n(
         "turn_latency_ms_p50": pct([e["server_ms"] for e in lat], 50),
         "step_ms_p50": pct([e["step_ms"] for e in lat], 50),
         "step_ms_mean": 1000 * delta(STEP_S) / delta(STEPS) if delta(STEPS) else float("nan"),
+        "server_cpu_ms_per_session_turn": 1000 * (cpu1 - cpu0) / delta(SESSION_TURNS)
+        if delta(SESSION_TURNS)
+        else float("nan"),
         "realtime_ratio": delta(SESSION_TURNS) / (TURNS_PER_S * call_s),
         **{k: delta(name) for k, name in COUNTERS.items()},
         "rx_max_gap_ms": max(gaps) if gaps else float("nan"),
