@@ -1,7 +1,7 @@
 """Edge cost and latency with N concurrent real WebRTC calls on loopback.
 
     .venv/bin/python tests/bench/bench_edge.py [--seconds 10] [--calls 1,4,8] [--torch-threads N]
-        [--load encoded|full] [--codec opus|pcmu] [--no-stub | --no-model]
+        [--load encoded|full] [--codec opus|pcmu] [--no-stub | --no-model] [--stub-step-ms MS]
 
 Runs `microturn serve` (edge + engine + in-process bus, uvloop, random-weights tiny model) as
 a child process and N aiortc callers in this process, each streaming speech in real time
@@ -32,15 +32,23 @@ and receiving the model's audio and events. For each N it prints `name: value` l
   latency event: when the engine is behind real time every turn may be one, and the latency
   rows read nan with turns_measured 0;
 - rx_max_gap_ms_N{n}: the largest gap between audio packets (frames with `--load full`)
-  arriving at any caller; rx_lost_packets_N{n}: RTP sequence numbers that never arrived
-  (`--load encoded` only; nan with `--load full`);
+  arriving at any caller; rx_packet_rate_N{n}: packets received per call per 20 ms (1.0 = the
+  server's output tracks held their pace; below, its event loop was too busy to send them);
+  rx_lost_packets_N{n}: RTP sequence numbers that never arrived;
+  rx_audio_share_N{n}: the share of call time whose packets carried sound rather than digital
+  silence (the server's output track sends silence when it has no model audio to play; an
+  echo stub echoes gap-stepped turns as silence too);
+  rx_dropouts_N{n}: sound -> silence transitions, all calls: playout underruns as the callers
+  hear them, but also a model turn quiet enough to round to zero (these three: `--load
+  encoded` only, nan with `--load full`);
 - loadgen_cpu_s_per_call_s_N{n}: CPU seconds this process (the callers) spent per second of
   call: the load generator's own cost, to compare with the server's.
 
 Each line comes twice: with the model (`..._N{n}`) and with an echo stub in place of the
-model's step (`..._stub_N{n}`: outputs are the inputs, computed in microseconds). The stub
-rows are the edge's own cost and latency, free of model compute and of queueing behind a
-model step that is slower than real time on a small CPU.
+model's step (`..._stub_N{n}`: outputs are the inputs, computed in microseconds, or in
+`--stub-step-ms`). The stub rows are the edge's own cost and latency, free of model compute and
+of queueing behind a model step that is slower than real time on a small CPU; a stub step of
+e.g. 600 ms shows what the rows read when the engine keeps up with a third of real time.
 
 The callers share the machine with the server. With `--load encoded` (the default) they are
 cheap: the speech is encoded once (`--codec`, default Opus) and every caller replays the
@@ -105,6 +113,7 @@ STEPS = "microturn_step_seconds_count"
 STEP_S = "microturn_step_seconds_sum"
 SESSION_TURNS = "microturn_batch_size_sum"  # every session-turn stepped, gap steps included
 TURNS_PER_S = 5.0  # 200 ms micro-turns
+PACKETS_PER_S = 50.0  # the server's output track: one 20 ms frame per packet
 
 
 async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
@@ -118,20 +127,23 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, float]:
     return out
 
 
-def serve_with_stub_model(serve_args: list[str]) -> None:
-    """Child process: `microturn serve` with the engine's step replaced by an instant echo
-    (`step_isolated` is what the worker calls; `step` too, for anything else)."""
+def serve_with_stub_model(step_ms: float, serve_args: list[str]) -> None:
+    """Child process: `microturn serve` with the engine's step replaced by an echo (outputs are
+    the inputs) that takes `step_ms` per batch (0: instant). `step_isolated` is what the worker
+    calls (its keyword arguments, e.g. defer_audio, change nothing: the audio is already there)."""
     from infra.messages import MicroTurnInput, MicroTurnOutput
     from model.engine import Engine, StepResult
     from signaling import cli
 
     def echo_step(self: Engine, inputs: list[MicroTurnInput]) -> list[MicroTurnOutput]:
+        if step_ms:
+            time.sleep(step_ms / 1000)
         return [
-            MicroTurnOutput(session_id=i.session_id, turn=i.turn, audio=i.audio, text="", caption="", step_ms=0.0)
+            MicroTurnOutput(session_id=i.session_id, turn=i.turn, audio=i.audio, text="", caption="", step_ms=step_ms)
             for i in inputs
         ]
 
-    def echo_step_isolated(self: Engine, inputs: list[MicroTurnInput], **_: bool) -> StepResult:
+    def echo_step_isolated(self: Engine, inputs: list[MicroTurnInput], **_: object) -> StepResult:
         return StepResult(outputs=echo_step(self, inputs))
 
     Engine.step = echo_step  # type: ignore[method-assign]
@@ -140,8 +152,9 @@ def serve_with_stub_model(serve_args: list[str]) -> None:
 
 
 def start_server(
-    max_sessions: int, tmp: Path, *, stub: bool, serve_args: list[str]
+    max_sessions: int, tmp: Path, *, stub: float | None, serve_args: list[str]
 ) -> tuple[subprocess.Popen[bytes], str]:
+    """`stub`: None = the model; else the echo stub's step time in ms."""
     port = free_port()
     env = {
         **os.environ,
@@ -154,7 +167,11 @@ def start_server(
         "MICROTURN_RATE_LIMIT_PER_MIN": "10000",
         "MICROTURN_LOG_LEVEL": "warning",
     }
-    cmd = [sys.executable, __file__, "--stub-server"] if stub else [sys.executable, "-m", "signaling.cli", "serve"]
+    cmd = (
+        [sys.executable, "-m", "signaling.cli", "serve"]
+        if stub is None
+        else [sys.executable, __file__, "--stub-server", str(stub)]
+    )
     cmd += serve_args
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)})
     url = f"http://127.0.0.1:{port}"
@@ -199,8 +216,13 @@ async def run_n(
             cpu0, me0, t0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(seconds)
             cpu1, me1, t1 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.monotonic()
+            rx_ends = [len(c.received.arrivals) for c in callers]
             counts1 = await scrape(http, url)
             lost = sum(c.received.lost - m for c, m in zip(callers, lost_marks, strict=True))
+            silent = [
+                np.array(c.received.silent[m:e], bool) for c, m, e in zip(callers, rx_marks, rx_ends, strict=True)
+            ]
+            rx_packets = sum(e - m for m, e in zip(rx_marks, rx_ends, strict=True))
             lat = [
                 e for c, m in zip(callers, marks, strict=True) for e in c.events[m:] if e["type"] == "metrics.latency"
             ]
@@ -216,6 +238,7 @@ async def run_n(
                 await c.close()
     edge = [e["server_ms"] - e["step_ms"] for e in lat]
     call_s = n * (t1 - t0)
+    nan = float("nan")
 
     def delta(name: str) -> float:
         return counts1.get(name, 0.0) - counts0.get(name, 0.0)
@@ -235,11 +258,14 @@ async def run_n(
         **{k: delta(name) for k, name in COUNTERS.items()},
         "rx_max_gap_ms": max(gaps) if gaps else float("nan"),
         "rx_lost_packets": float(lost) if cheap else float("nan"),
+        "rx_packet_rate": rx_packets / (PACKETS_PER_S * call_s),
+        "rx_audio_share": sum(int((~x).sum()) for x in silent) / (PACKETS_PER_S * call_s) if cheap else nan,
+        "rx_dropouts": float(sum(int((x[:-1] < x[1:]).sum()) for x in silent)) if cheap else nan,
         "turns_measured": float(len(lat)),
     }
 
 
-INTS = {"turns_measured", "rx_lost_packets", *COUNTERS}
+INTS = {"turns_measured", "rx_lost_packets", "rx_dropouts", *COUNTERS}
 
 
 async def main() -> None:
@@ -248,6 +274,7 @@ async def main() -> None:
     ap.add_argument("--calls", default="1,4,8", help="comma-separated concurrent call counts")
     ap.add_argument("--no-stub", action="store_true", help="skip the echo-stub rows")
     ap.add_argument("--no-model", action="store_true", help="skip the model rows")
+    ap.add_argument("--stub-step-ms", type=float, default=0.0, help="the echo stub's step time (default 0)")
     ap.add_argument("--torch-threads", type=int, help="`microturn serve --torch-threads N` (default: serve's own)")
     ap.add_argument("--load", choices=("encoded", "full"), default="encoded", help="cheap callers or real ones")
     ap.add_argument("--codec", choices=("opus", "pcmu"), default="opus", help="the callers' audio codec")
@@ -264,13 +291,13 @@ async def main() -> None:
         tmp = Path(d)
         audio = read_wav(speech_wav(tmp / "speech.wav", 6.0))
         packets = encode_packets(audio, args.codec) if args.load == "encoded" else None
-        for stub in [x for x, skip in ((False, args.no_model), (True, args.no_stub)) if not skip]:
+        for stub in [x for x, skip in ((None, args.no_model), (args.stub_step_ms, args.no_stub)) if not skip]:
             proc, url = start_server(max(ns), tmp, stub=stub, serve_args=serve_args)
             try:
                 for n in ns:
                     res = await run_n(url, proc.pid, n, args.seconds, audio, codec=args.codec, packets=packets)
                     for k, v in res.items():
-                        name = f"{k}{'_stub' if stub else ''}_N{n}"
+                        name = f"{k}{'' if stub is None else '_stub'}_N{n}"
                         ok = k in INTS and np.isfinite(v)
                         print(f"{name}: {int(v)}" if ok else f"{name}: {v:.3f}", flush=True)
                     await asyncio.sleep(1.0)  # let the server release the calls
@@ -281,5 +308,5 @@ async def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--stub-server"]:
-        serve_with_stub_model(sys.argv[2:])
+        serve_with_stub_model(float(sys.argv[2]), sys.argv[3:])
     asyncio.run(main())

@@ -147,6 +147,18 @@ class WavTrack(MediaStreamTrack):
 
 # RTP clock rate and samples per 20 ms packet of the audio codecs the server answers with
 CODEC_CLOCK = {"opus": (48_000, 960), "pcmu": (8_000, 160), "pcma": (8_000, 160)}
+# Digital silence as the server's encoder sends it (its output track's "nothing to play"):
+# libopus codes 20 ms of zeros in 3 bytes (any real audio, even -60 dB noise, takes 150+);
+# G.711 codes a zero sample as 0xFF (mu-law) or 0xD5 (A-law).
+OPUS_SILENCE_MAX_BYTES = 8
+G711_SILENCE = {"pcmu": b"\xff", "pcma": b"\xd5"}
+
+
+def is_silence(codec: str, payload: bytes) -> bool:
+    """Whether an RTP payload of `codec` is a frame of digital silence."""
+    if codec == "opus":
+        return len(payload) <= OPUS_SILENCE_MAX_BYTES
+    return not payload.strip(G711_SILENCE[codec])
 
 
 def encode_packets(audio: np.ndarray, codec: str = "opus") -> list[bytes]:
@@ -243,6 +255,7 @@ class Received:
     samples: list[int] = field(default_factory=list)
     rms: list[float] = field(default_factory=list)
     lost: int = 0  # RTP sequence numbers skipped (decode=False only)
+    silent: list[bool] = field(default_factory=list)  # per packet: digital silence (decode=False only)
 
 
 class Caller:
@@ -318,6 +331,7 @@ class Caller:
         r = self.received
         r.arrivals.append(time.monotonic())
         r.pts.append(packet.timestamp)
+        r.silent.append(is_silence(self.codec, packet.payload))
         if self._last_seq is not None:
             ahead = (packet.sequence_number - self._last_seq) % 65536
             if ahead == 0 or ahead >= 32768:  # duplicate or late: already counted as lost

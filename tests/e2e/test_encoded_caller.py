@@ -11,7 +11,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests.e2e.aiortc_client import CODEC_CLOCK, Caller, encode_packets, read_wav, speech_wav
+from tests.e2e.aiortc_client import CODEC_CLOCK, Caller, encode_packets, is_silence, read_wav, speech_wav
 from tests.e2e.aiortc_server import edge_settings, running_edge
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,6 +36,16 @@ def test_encode_packets_is_one_payload_per_20_ms(speech: np.ndarray) -> None:
     assert {len(p) for p in encode_packets(speech, "pcmu")} == {160}  # one byte per 8 kHz sample
 
 
+@pytest.mark.parametrize("codec", ["opus", "pcmu", "pcma"])
+def test_digital_silence_is_told_from_quiet_sound(codec: str) -> None:
+    """The server's output track sends zeros when it has nothing to play; even -60 dB noise
+    must not look like that."""
+    zeros = encode_packets(np.zeros(3200, np.float32), codec)
+    quiet = encode_packets((1e-3 * np.random.default_rng(0).standard_normal(3200)).astype(np.float32), codec)
+    assert all(is_silence(codec, p) for p in zeros[1:])  # the first Opus packet may carry codec warm-up
+    assert not any(is_silence(codec, p) for p in quiet)
+
+
 @pytest.mark.parametrize("codec", ["opus", "pcmu"])
 async def test_encoded_caller_is_heard_and_counts_what_it_receives(
     http: aiohttp.ClientSession, speech: np.ndarray, codec: str
@@ -57,6 +67,7 @@ async def test_encoded_caller_is_heard_and_counts_what_it_receives(
             assert len(rx.arrivals) >= 60
             assert set(np.diff(rx.pts) % 2**32) == {CODEC_CLOCK[codec][1]}  # consecutive 20 ms packets
             assert rx.lost == 0
+            assert len(rx.silent) == len(rx.arrivals)
             assert rx.rms == [] and rx.samples == []  # counted, never decoded
         finally:
             await caller.close()
