@@ -32,8 +32,8 @@ from model.attention import KVCache
 from model.config import BACKGROUND, USER_TEXT, ModelConfig
 from model.interaction import InteractionModel
 from model.positions import Positions, concat, input_positions, output_position
-from model.session import SessionState, run_batch, step_batch
-from model.step import DecodeStep
+from model.session import PendingAudio, SessionState, compute_batch, step_batch
+from model.step import Steps
 from model.tokenizer import Tokenizer
 from model.vision import frame_to_patches
 
@@ -67,6 +67,8 @@ class StepResult:
     outputs: list[MicroTurnOutput] = field(default_factory=list)  # for the sessions that stepped, in input order
     failed: dict[str, str] = field(default_factory=dict)  # session_id -> why; these sessions are closed
     records: list[TurnRecord] = field(default_factory=list)  # with Engine.log_turns: one per output
+    # with defer_audio: the outputs' synthesis, to run in order (their audio is empty until then)
+    audio: list[PendingAudio] = field(default_factory=list)
 
 
 def _reason(e: BaseException) -> str:
@@ -86,8 +88,8 @@ class Engine:
         deterministic: bool | None = None,
         compile: bool = False,
     ) -> None:
-        """`compile`: run the decode step through torch.compile(fullgraph=True) (model/step.py)
-        where the mode allows it; `decode_step` says which one runs."""
+        """`compile`: run the prefill and decode steps through torch.compile(fullgraph=True)
+        (model/step.py) where the mode allows it; `decode_step` says which one runs."""
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         if tokenizer.vocab_size > model.cfg.vocab_size:
@@ -103,7 +105,7 @@ class Engine:
         self._sessions: dict[str, SessionState] = {}
         self._lock = threading.Lock()
         self.log_turns = False  # build a TurnRecord per session and step (the failover log)
-        self.decode = DecodeStep(compile)
+        self.steps = Steps(compile)
         log.info("engine: %d slots, decode step %s", max_sessions, self.decode_step)
         self._records: list[TurnRecord] = []
 
@@ -141,8 +143,8 @@ class Engine:
 
     @property
     def decode_step(self) -> str:
-        """Which decode step runs: compiled or eager."""
-        return self.decode.describe(self.model)
+        """Which steps run: compiled or eager."""
+        return self.steps.describe(self.model)
 
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._sessions
@@ -185,16 +187,19 @@ class Engine:
                 self.tokenizer,
                 [states[i] for i in order],
                 [inputs[i] for i in order],
-                self.decode,
+                self.steps,
             )
             result: list[MicroTurnOutput] = [outs[0]] * len(outs)
             for o, i in zip(outs, order, strict=True):
                 result[i] = o
             return result
 
-    def step_isolated(self, inputs: list[MicroTurnInput]) -> StepResult:
+    def step_isolated(self, inputs: list[MicroTurnInput], *, defer_audio: bool = False) -> StepResult:
         """Like `step`, but a session whose input or step raises is closed and reported in
-        `StepResult.failed` while every other session is stepped as if it had not been there."""
+        `StepResult.failed` while every other session is stepped as if it had not been there.
+
+        `defer_audio`: leave the vocoder out of the step; `StepResult.audio` holds it, for the
+        caller to run on a thread of its own while the next step computes (model/worker.py)."""
         result = StepResult()
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
@@ -210,17 +215,17 @@ class Engine:
                     result.failed[inp.session_id] = _reason(e)
             ready.sort(key=lambda r: r[0].slot)  # slot order: attention reads the cache rows as one view
             try:
-                outs = self._run(ready, t0)
+                outs = self._run(ready, t0, result.audio)
             except Exception as e:
                 if len(ready) == 1:
                     result.failed[ready[0][0].session_id] = _reason(e)
                     outs = []
                 else:
-                    # which one? run_batch changes no session state when it raises: rerun each alone
+                    # which one? compute_batch changes no session state when it raises: rerun each alone
                     outs = []
                     for r in ready:
                         try:
-                            outs += self._run([r], t0)
+                            outs += self._run([r], t0, result.audio)
                         except Exception as e1:
                             result.failed[r[0].session_id] = _reason(e1)
             for sid in result.failed:
@@ -230,16 +235,26 @@ class Engine:
         result.outputs = [by_id[i.session_id] for i in inputs if i.session_id in by_id]
         result.records = [r for r in self._records if r.session_id in by_id]
         self._records = []
+        if not defer_audio:
+            for job in result.audio:
+                job.run()
+            result.audio = []
         return result
 
-    def _run(self, ready: list[tuple[SessionState, MicroTurnInput, Positions]], t0: float) -> list[MicroTurnOutput]:
+    def _run(
+        self, ready: list[tuple[SessionState, MicroTurnInput, Positions]], t0: float, audio: list[PendingAudio]
+    ) -> list[MicroTurnOutput]:
+        """One batch's compute; appends its synthesis to `audio`."""
         if not ready:
             return []
         states = [r[0] for r in ready]
         inputs = [r[1] for r in ready]
         chunks = [r[2] for r in ready]
         prev = [(s.last_token, s.last_bins) for s in states]  # what output slot 0 is fed
-        outs = run_batch(self.model, self.cache, self.tokenizer, states, inputs, chunks, t_start=t0, step=self.decode)
+        outs, pending = compute_batch(
+            self.model, self.cache, self.tokenizer, states, inputs, chunks, t_start=t0, step=self.steps
+        )
+        audio.append(pending)
         if self.log_turns:
             self._records += [
                 turn_record(self.model.cfg, s, i, c, o, p)
@@ -323,7 +338,7 @@ def turn_record(
     out: MicroTurnOutput,
     prev: tuple[int, torch.Tensor],
 ) -> TurnRecord:
-    """What the turn just stepped put into `state`'s sequence (call after run_batch)."""
+    """What the turn just stepped put into `state`'s sequence (call after compute_batch)."""
     P = cfg.positions_per_turn
     stream, text = chunk.stream[0], chunk.text[0]
     return TurnRecord(

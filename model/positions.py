@@ -107,9 +107,9 @@ def concat(parts: list[Positions]) -> Positions:
     return _cat(_rebase_video(parts), dim=1)
 
 
-def stack(rows: list[Positions]) -> Positions:
-    """Ragged (1, T_i) rows -> one (B, max T_i) batch, right-padded with PAD_STREAM."""
-    T = max(r.shape[1] for r in rows)
+def stack(rows: list[Positions], length: int = 0) -> Positions:
+    """Ragged (1, T_i) rows -> one (B, max(T_i, length)) batch, right-padded with PAD_STREAM."""
+    T = max(length, *(r.shape[1] for r in rows))
     pad_value = {"stream": PAD_STREAM, "video": -1}
     padded = [
         Positions(

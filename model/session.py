@@ -30,8 +30,8 @@ from model.config import MODEL_OUT, GateConfig, ModelConfig
 from model.dmel import DMelStream, quantize
 from model.gate import BatchGate
 from model.interaction import InteractionModel
-from model.positions import Positions, empty_patches, input_positions, output_position, stack
-from model.step import EAGER, DecodeStep
+from model.positions import Positions, empty_patches, input_positions, output_position
+from model.step import EAGER, Steps
 from model.tokenizer import Tokenizer
 from model.vision import frame_to_patches
 from model.vocoder import StreamingGriffinLim, push_batch
@@ -155,12 +155,33 @@ def step_batch(
     tokenizer: Tokenizer,
     states: list[SessionState],
     inputs: list[MicroTurnInput],
-    step: DecodeStep = EAGER,
+    step: Steps = EAGER,
 ) -> list[MicroTurnOutput]:
     """One micro-turn for every (state, input) pair: ragged prefill, then batched decode."""
     t_start = time.perf_counter()
     chunks = [s.prepare(inp, tokenizer) for s, inp in zip(states, inputs, strict=True)]
     return run_batch(model, cache, tokenizer, states, inputs, chunks, t_start=t_start, step=step)
+
+
+@dataclass
+class PendingAudio:
+    """A batch's turn of audio still to synthesize: each session's vocoder and its new mel.
+
+    The engine's worker runs it on a thread of its own (model/worker.py), so Griffin-Lim
+    overlaps the next model step instead of adding to it. A vocoder carries overlap state from
+    one turn to the next: a session's turns must be run in order (one thread, FIFO)."""
+
+    vocoders: list[StreamingGriffinLim]
+    mel: torch.Tensor  # (B, frames_per_turn, M) on the CPU
+    outputs: list[MicroTurnOutput]  # audio and step_ms are filled in by `run`
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        audio = push_batch(self.vocoders, self.mel).clamp(-1, 1).numpy().astype("<f4")  # (B, samples)
+        ms = (time.perf_counter() - t0) * 1000
+        for out, a in zip(self.outputs, audio, strict=True):
+            out.audio = a.tobytes()
+            out.step_ms += ms  # the turn's compute: model step plus its synthesis
 
 
 @torch.inference_mode()
@@ -173,14 +194,34 @@ def run_batch(
     chunks: list[Positions],
     *,
     t_start: float | None = None,
-    step: DecodeStep = EAGER,
+    step: Steps = EAGER,
 ) -> list[MicroTurnOutput]:
-    """The batched part of a micro-turn, for chunks from `SessionState.prepare`.
+    """`compute_batch`, then its audio: outputs complete with their sound."""
+    outputs, audio = compute_batch(model, cache, tokenizer, states, inputs, chunks, t_start=t_start, step=step)
+    audio.run()
+    return outputs
 
-    Sessions' positions, last output, turn counter and vocoder change only after all the
-    compute succeeded, so when this raises it can be run again with the same chunks for a
-    subset of the sessions (model/engine.py isolates a failing session that way): the rerun
-    rewrites the cache entries the failed run wrote, at the same positions.
+
+@torch.inference_mode()
+def compute_batch(
+    model: InteractionModel,
+    cache: KVCache,
+    tokenizer: Tokenizer,
+    states: list[SessionState],
+    inputs: list[MicroTurnInput],
+    chunks: list[Positions],
+    *,
+    t_start: float | None = None,
+    step: Steps = EAGER,
+) -> tuple[list[MicroTurnOutput], PendingAudio]:
+    """The batched part of a micro-turn, for chunks from `SessionState.prepare`: outputs
+    without their audio, and the synthesis that fills it in (`PendingAudio.run`).
+
+    Sessions' positions, last output and turn counter change only after all the compute
+    succeeded, so when this raises it can be run again with the same chunks for a subset of
+    the sessions (model/engine.py isolates a failing session that way): the rerun rewrites the
+    cache entries the failed run wrote, at the same positions. The vocoders change only when
+    the audio is run.
     """
     cfg = model.cfg
     device = cache.k.device
@@ -191,8 +232,7 @@ def run_batch(
     rows = cache.rows(slot_ids)
     start_out = [s.next_pos + c.shape[1] for s, c in zip(states, chunks, strict=True)]
     kv_len = kv_bucket(max(start_out) + P, cache.cache_len)  # entries beyond are still empty
-    prefill = stack(chunks).to(device)
-    hidden_in = model(prefill, cache, slots, rows=rows, kv_len=kv_len).hidden  # (B, T, D)
+    hidden_in = step.prefill(model, cache, slots, rows, chunks, kv_len=kv_len)  # (B, T, D)
     gates = [s.gate or cfg.gate for s in states]
     gate = BatchGate.build(
         gates, [s.seed for s in states], [s.turn for s in states], tokenizer.pad_id, tokenizer.eot_id, device
@@ -221,7 +261,7 @@ def run_batch(
     bins = torch.stack([s.last_bins for s in states]).to(device)  # (B, F, M)
     toks, all_bins, mels, out_hidden, out_logits = [], [], [], [], []
     for j in range(P):
-        d = step(
+        d = step.decode(
             model, cache, slots, rows, out.position(j, tok, bins), speaking, gate, flow_noise[j],
             None if gate_noise is None else gate_noise[j], kv_len=kv_len,
         )  # fmt: skip
@@ -243,7 +283,8 @@ def run_batch(
     now_speaking = speaking.tolist()
 
     turn_mel = torch.cat(mels, dim=1).cpu()  # (B, frames_per_turn, M)
-    audio_out = push_batch([s.vocoder for s in states], turn_mel).clamp(-1, 1).numpy().astype("<f4")  # (B, samples)
+    if not torch.isfinite(turn_mel).all():  # here, not in the vocoder's thread: the engine isolates who
+        raise ValueError("model output: non-finite mel")
     step_ms = (time.perf_counter() - t_start) * 1000
     outputs = []
     for b, s in enumerate(states):
@@ -252,7 +293,6 @@ def run_batch(
         s.next_pos, s.last_token, s.last_bins = next_pos[b], last_token[b], last_bins[b]
         s.speaking = now_speaking[b]
         s.turn_bins = turn_bins[b]
-        audio = audio_out[b]
         if s.trace is not None:
             n_in = chunks[b].shape[1]
             s.trace.append(
@@ -267,7 +307,7 @@ def run_batch(
             MicroTurnOutput(
                 session_id=s.session_id,
                 turn=s.turn,
-                audio=audio.tobytes(),
+                audio=b"",
                 text=s.text_decoder.push(tokens[b]),
                 caption=s.caption_decoder.push(captions[b]),
                 text_tokens=tokens[b],
@@ -279,7 +319,7 @@ def run_batch(
             )
         )
         s.turn += 1
-    return outputs
+    return outputs, PendingAudio([s.vocoder for s in states], turn_mel, outputs)
 
 
 def kv_bucket(n: int, cache_len: int, bucket: int = 64) -> int:

@@ -1,10 +1,12 @@
-"""One output position for B sessions as a single function: the unit torch.compile captures.
+"""The two units torch.compile captures: a micro-turn's prefill and one output position.
 
 `decode_position` is embeddings, every layer (cache write and attention), the text head, the
-speak gate, the turn head and voice gate, and the flow head's sampling, with every input a
-tensor or a static Python value, no host read and no data-dependent shape: so it compiles with
-`fullgraph=True` (the proof that a CUDA graph can replay it). `run_batch` (model/session.py)
-calls it P times per micro-turn, eager or compiled (`DecodeStep`).
+speak gate, the turn head and voice gate, and the flow head's sampling, for B sessions;
+`prefill_hidden` is IN_k of B sessions through the trunk, right-padded to one of a few length
+buckets (`PREFILL_BUCKETS`, padding goes to the cache's trash entry). Every input is a tensor
+or a static Python value, with no host read and no data-dependent shape: so both compile with
+`fullgraph=True` (the proof that a CUDA graph can replay them). `compute_batch`
+(model/session.py) calls them through `Steps`, eager or compiled.
 
 What still breaks the graph, so runs eager: deterministic mode (its attention runs session by
 session on each one's real keys, a data-dependent selection; on CPU its MoE groups rows by
@@ -19,10 +21,42 @@ from dataclasses import dataclass
 import torch
 
 from model.attention import KVCache
+from model.config import ModelConfig
 from model.dmel import quantize, unit_to_mel
 from model.gate import BatchGate, gate_step
 from model.interaction import InteractionModel
-from model.positions import Positions
+from model.positions import Positions, stack
+
+# IN_k lengths a compiled prefill is padded to (then the config's max_chunk): 4 audio positions
+# alone, with one camera frame's 12 patches, with some typed text
+PREFILL_BUCKETS = (4, 16, 32)
+
+
+def prefill_length(T: int, max_chunk: int) -> int:
+    """The bucket a chunk of T positions is padded to."""
+    return next((b for b in PREFILL_BUCKETS if b >= T), max(T, max_chunk))
+
+
+def bucketed(chunks: list[Positions], cfg: ModelConfig) -> Positions:
+    """B sessions' IN_k as one batch of a static shape: right-padded to the length bucket of the
+    longest, and its camera patches (at most one frame per session) to one frame per session."""
+    p = stack(chunks, prefill_length(max(c.shape[1] for c in chunks), cfg.max_chunk))
+    if p.patches.shape[0]:
+        pad = len(chunks) * cfg.n_patches - p.patches.shape[0]
+        p.patches = torch.cat([p.patches, p.patches.new_zeros(pad, *p.patches.shape[1:])])
+    return p
+
+
+def prefill_hidden(
+    model: InteractionModel,
+    cache: KVCache,
+    slots: torch.Tensor,
+    rows: slice | list[int],
+    kv_len: int | None,
+    p: Positions,  # (B, T) IN_k of B sessions, right-padded
+) -> torch.Tensor:
+    """(B, T, D) hidden states of the chunk, its keys and values written to the cache."""
+    return model(p, cache, slots, rows=rows, kv_len=kv_len).hidden
 
 
 @dataclass
@@ -58,24 +92,49 @@ def decode_position(
     return Decoded(hidden=h, logits=logits, token=tok, speaking=speaking, mel=mel, bins=quantize(mel, cfg))
 
 
+Fn = Callable[..., torch.Tensor]
 DecodeFn = Callable[..., Decoded]
 
 
-class DecodeStep:
-    """`decode_position`, compiled with torch.compile(fullgraph=True) when asked and allowed.
+class Steps:
+    """`prefill_hidden` and `decode_position`, compiled with torch.compile(fullgraph=True)
+    when asked and allowed (not in deterministic mode).
 
-    The batch size is a static shape (one graph per B met), and the compiled step reads the
+    Compiled, shapes are static: one graph per batch size and prefill bucket met, the prefill
+    padded to its bucket (and its camera patches to one frame per session), and both read the
     whole cache (`kv_len` None: one shape however old the sessions are)."""
 
     def __init__(self, compile: bool = False) -> None:
-        self.compiled: DecodeFn | None = None
+        self.compiled: tuple[Fn, DecodeFn] | None = None
         if compile:
-            self.compiled = torch.compile(decode_position, fullgraph=True, dynamic=False)
+            # B x bucket x (frame or not) graphs: more than dynamo's default of 8 per function
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+            self.compiled = (
+                torch.compile(prefill_hidden, fullgraph=True, dynamic=False),
+                torch.compile(decode_position, fullgraph=True, dynamic=False),
+            )
 
     def uses_compiled(self, model: InteractionModel) -> bool:
         return self.compiled is not None and not model.blocks[0].attn.batch_invariant  # type: ignore[union-attr]
 
-    def __call__(
+    def prefill(
+        self,
+        model: InteractionModel,
+        cache: KVCache,
+        slots: torch.Tensor,
+        rows: slice | list[int],
+        chunks: list[Positions],
+        *,
+        kv_len: int | None,
+    ) -> torch.Tensor:
+        """(B, T, D) for B sessions' IN_k (T = the longest chunk; rows past a chunk are padding)."""
+        device = cache.k.device
+        if self.compiled is None or not self.uses_compiled(model):
+            return prefill_hidden(model, cache, slots, rows, kv_len, stack(chunks).to(device))
+        T = max(c.shape[1] for c in chunks)
+        return self.compiled[0](model, cache, slots, rows, None, bucketed(chunks, model.cfg).to(device))[:, :T]
+
+    def decode(
         self,
         model: InteractionModel,
         cache: KVCache,
@@ -90,11 +149,14 @@ class DecodeStep:
         kv_len: int | None,
     ) -> Decoded:
         if self.compiled is not None and self.uses_compiled(model):
-            return self.compiled(model, cache, slots, rows, None, p, speaking, gate, flow_noise, gate_noise)
+            return self.compiled[1](model, cache, slots, rows, None, p, speaking, gate, flow_noise, gate_noise)
         return decode_position(model, cache, slots, rows, kv_len, p, speaking, gate, flow_noise, gate_noise)
 
     def describe(self, model: InteractionModel) -> str:
-        return "compiled (torch.compile fullgraph)" if self.uses_compiled(model) else "eager"
+        if not self.uses_compiled(model):
+            return "eager"
+        buckets = (*PREFILL_BUCKETS, model.cfg.max_chunk)
+        return f"compiled (torch.compile fullgraph): prefill in buckets {buckets}, decode"
 
 
-EAGER = DecodeStep()
+EAGER = Steps()

@@ -13,6 +13,10 @@ lost or duplicated.
 
 The engine runs in one dedicated thread (the event loop never blocks on model compute); open
 and close go through the same thread, so they serialize with steps without extra locking.
+The vocoder runs in a second thread: a step's outputs go to the publisher (a queue of one
+step), which synthesizes their audio there and publishes them, while the engine thread already
+computes the next step. Griffin-Lim overlaps the model instead of adding to it; one publisher
+keeps every session's turns, and so its vocoder's overlap state, in order.
 
 A session whose step raises is closed by the engine while the rest of its batch is stepped
 (model/engine.py `step_isolated`); its call hears it as a last output carrying `error`. A step
@@ -28,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import msgspec
@@ -37,6 +42,7 @@ from infra.bus import Bus, BusClosed, Subscription
 from infra.logging import get_logger
 from infra.messages import MicroTurnInput, MicroTurnOutput, TurnRecord
 from model.engine import Engine, StepResult
+from model.session import PendingAudio
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -86,6 +92,9 @@ class Worker:
         self._sessions: dict[str, _SessionQueue] = {}
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._vocoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder")
+        # one step's outputs wait here while the next step computes; a slower vocoder holds the loop back
+        self._ready: asyncio.Queue[tuple[list[MicroTurnOutput], list[PendingAudio]]] = asyncio.Queue(maxsize=1)
         self._tasks: list[asyncio.Task[None]] = []
         self._turn_samples = engine.model.cfg.turn_samples
 
@@ -95,6 +104,7 @@ class Worker:
         self._tasks = [
             asyncio.create_task(self._read_inputs(sub), name="worker-inputs"),
             asyncio.create_task(self._loop(), name="worker-loop"),
+            asyncio.create_task(self._publish(), name="worker-publish"),
         ]
         self._sub = sub
 
@@ -106,8 +116,10 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
-        # let a step in flight finish, then release the thread
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        # let a step and a synthesis in flight finish, then release the threads
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._executor.shutdown, True)
+        await loop.run_in_executor(None, self._vocoder.shutdown, True)
 
     async def open(self, session_id: str, seed: int = 0) -> None:
         """Reserve a slot; raises model.engine.CapacityError when the worker is full."""
@@ -226,6 +238,21 @@ class Worker:
             for inp in batch:
                 if (why := result.failed.get(inp.session_id)) is not None:
                     outputs.append(self._session_failed(inp, why))
+            await self._ready.put((outputs, result.audio))
+
+    async def _publish(self) -> None:
+        """Each step's outputs, once the vocoder thread has filled in their audio, in step order."""
+        loop = asyncio.get_running_loop()
+        while True:
+            outputs, audio = await self._ready.get()
+            for job in audio:
+                try:
+                    await loop.run_in_executor(self._vocoder, job.run)
+                except Exception:
+                    # the mel was checked finite before it left the engine: nothing known fails here
+                    log.exception("worker.vocoder_failed", sessions=[o.session_id for o in job.outputs])
+                    for out in job.outputs:
+                        out.audio = bytes(4 * self._turn_samples)
             for out in outputs:
                 try:
                     await self.bus.publish_struct(keys.outputs(out.session_id), out)
@@ -256,7 +283,9 @@ class Worker:
         t0 = time.perf_counter()
         self._step_started = time.monotonic()
         try:
-            result: StepResult = await self._in_engine_thread(self.engine.step_isolated, batch)
+            result: StepResult = await asyncio.get_running_loop().run_in_executor(
+                self._executor, partial(self.engine.step_isolated, batch, defer_audio=True)
+            )
         finally:
             self._step_started = None
         dt = time.perf_counter() - t0

@@ -105,9 +105,9 @@ async def test_readyz_reports_an_engine_that_completes_no_step(
         worker = edge.rt.worker
         real = worker.engine.step_isolated
 
-        def hung(inputs: list[MicroTurnInput]) -> object:
+        def hung(inputs: list[MicroTurnInput], **kw: bool) -> object:
             release.wait(30)
-            return real(inputs)
+            return real(inputs, **kw)
 
         try:
             async with http.get(f"{edge.url}/readyz") as r:

@@ -25,6 +25,7 @@ TURN_MS = 100.0  # faster than real time to keep the test short; the logic is ra
 async def setup(tokenizer: Tokenizer) -> AsyncIterator[tuple[Worker, MemoryBus]]:
     torch.manual_seed(0)
     engine = Engine(InteractionModel(micro_config()), tokenizer, max_sessions=8)
+    engine.warmup()  # as the service does: the first step's lazy init would make calls skip turns
     bus = MemoryBus()
     worker = Worker(engine, bus, WorkerSettings(turn_ms=TURN_MS, late_ms=150.0))
     await worker.start()
@@ -70,7 +71,7 @@ async def test_jittered_sessions_get_every_output_in_order(setup: tuple[Worker, 
     await asyncio.gather(*(send(bus, sid, range(n_turns), 60.0, rnd) for sid in sids))
     results = await asyncio.wait_for(asyncio.gather(*collectors), 30)
     for sid, outs in zip(sids, results, strict=True):
-        assert [o.turn for o in outs] == list(range(n_turns)), sid
+        assert [o.turn for o in outs] == list(range(n_turns)), (sid, worker.skipped_turns, worker.stale_inputs)
         assert all(o.session_id == sid and len(o.audio_array()) == TURN_SAMPLES for o in outs)
     # batching happened: fewer steps than session-turns
     assert len(worker.step_times) < len(sids) * n_turns
@@ -169,16 +170,16 @@ async def test_a_session_whose_step_raises_is_closed_and_its_batch_keeps_going(
 
         monkeypatch.setattr(SessionState, "prepare", prepare)
     else:  # the batched compute raises whenever the bad session is in it
-        real_run = engine_mod.run_batch
+        real_run = engine_mod.compute_batch
 
-        def run_batch(
+        def compute_batch(
             model: object, cache: object, tok: object, states: list[SessionState], *a: object, **kw: object
         ) -> object:
             if any(s.session_id == "bad" and s.turn >= 2 for s in states):
                 raise RuntimeError("poisoned batch")
             return real_run(model, cache, tok, states, *a, **kw)  # type: ignore[arg-type]
 
-        monkeypatch.setattr(engine_mod, "run_batch", run_batch)
+        monkeypatch.setattr(engine_mod, "compute_batch", compute_batch)
 
     n = 6
     collectors = {
@@ -207,9 +208,9 @@ async def test_stalled_s_reports_an_engine_thread_that_completes_no_step(
     release = threading.Event()
     real = worker.engine.step_isolated
 
-    def hung(inputs: list[MicroTurnInput]) -> object:
+    def hung(inputs: list[MicroTurnInput], **kw: bool) -> object:
         release.wait(30)
-        return real(inputs)
+        return real(inputs, **kw)
 
     await worker.open("a")
     assert worker.stalled_s() == 0.0
@@ -223,3 +224,67 @@ async def test_stalled_s_reports_an_engine_thread_that_completes_no_step(
         if worker.stalled_s() == 0.0:
             break
     assert worker.stalled_s() == 0.0
+
+
+async def test_vocoder_runs_on_its_own_thread_while_the_next_step_computes(
+    setup: tuple[Worker, MemoryBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Turn 0's synthesis waits until turn 1's model step has started: only a vocoder off the
+    engine thread lets that happen (inline, the second step could not begin). Outputs still
+    arrive in order and with their audio."""
+    import threading
+
+    from model.session import PendingAudio
+
+    worker, bus = setup
+    second_step = threading.Event()
+    overlapped: list[bool] = []
+    threads: list[str] = []
+    real_step, real_run = worker.engine.step_isolated, PendingAudio.run
+
+    def step_isolated(inputs: list[MicroTurnInput], **kw: bool) -> object:
+        if any(i.turn == 1 for i in inputs):
+            second_step.set()
+        return real_step(inputs, **kw)
+
+    def run(self: PendingAudio) -> None:
+        threads.append(threading.current_thread().name)
+        if len(overlapped) == 0:
+            overlapped.append(second_step.wait(10))
+        real_run(self)
+
+    monkeypatch.setattr(worker.engine, "step_isolated", step_isolated)
+    monkeypatch.setattr(PendingAudio, "run", run)
+    await worker.open("a")
+    collector = asyncio.create_task(collect(bus, "a", 3))
+    await asyncio.sleep(0)
+    await send(bus, "a", range(3), 0.0, random.Random(0))
+    outs = await asyncio.wait_for(collector, 30)
+    assert overlapped == [True]
+    assert threads and all(t.startswith("vocoder") for t in threads)
+    assert [o.turn for o in outs] == [0, 1, 2]
+    assert all(len(o.audio_array()) == TURN_SAMPLES for o in outs)
+    assert all(o.step_ms > 0 for o in outs)
+
+
+def test_deferred_audio_is_the_audio_of_an_inline_step(tokenizer: Tokenizer) -> None:
+    """Engine.step_isolated(defer_audio=True) leaves the audio out, and running its synthesis
+    in order gives what the inline step gives, turn after turn (the vocoder's overlap state)."""
+    engines = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        engines.append(Engine(InteractionModel(micro_config()), tokenizer, max_sessions=2))
+    inline, deferred = engines
+    for e in engines:
+        e.open("a", seed=1)
+        e.open("b", seed=2)
+    for k in range(3):
+        batch = [MicroTurnInput.from_arrays(audio(k + i), session_id=s, turn=k) for i, s in enumerate("ab")]
+        want = inline.step_isolated(batch)
+        got = deferred.step_isolated(batch, defer_audio=True)
+        assert want.audio == [] and len(got.audio) == 1
+        assert all(o.audio == b"" for o in got.outputs)
+        got.audio[0].run()
+        for w, g in zip(want.outputs, got.outputs, strict=True):
+            assert (g.session_id, g.text_tokens) == (w.session_id, w.text_tokens)
+            np.testing.assert_array_equal(g.audio_array(), w.audio_array())

@@ -1,0 +1,50 @@
+"""The compiled prefill's padding: a chunk padded to its length bucket computes what it computes unpadded."""
+
+from __future__ import annotations
+
+import torch
+
+from model.attention import KVCache
+from model.interaction import InteractionModel
+from model.positions import stack
+from model.session import SessionState
+from model.step import PREFILL_BUCKETS, bucketed, prefill_hidden, prefill_length
+from model.tokenizer import Tokenizer
+from tests.model.conftest import micro_config
+from tests.model.test_engine import session_inputs
+
+
+def test_prefill_length_is_the_smallest_bucket_that_holds_the_chunk() -> None:
+    assert [prefill_length(t, 80) for t in (1, 4, 5, 16, 17, 32, 33, 80)] == [4, 4, 16, 16, 32, 32, 80, 80]
+    assert tuple(sorted(PREFILL_BUCKETS)) == PREFILL_BUCKETS
+
+
+def test_bucketed_prefill_equals_the_ragged_one(tokenizer: Tokenizer) -> None:
+    """Sessions with audio only, a camera frame and typed text (three lengths, one frame among
+    them): padded to the bucket and one frame per session, the real rows' hidden states and the
+    cache entries they write are the ragged batch's; padding lands in no attended entry."""
+    cfg = micro_config()
+    torch.manual_seed(0)
+    model = InteractionModel(cfg).eval()
+    chunks = []
+    # session_inputs' turn 1 of s0 is audio alone, of s1 has typed text; turn 2 of s2 a frame and text
+    for i, k in enumerate((1, 1, 2)):
+        s = SessionState.new(cfg, tokenizer, f"s{i}", i, slot=i)
+        chunks.append(s.prepare(session_inputs(i, 3)[k], tokenizer))
+    lengths = [c.shape[1] for c in chunks]
+    assert len(set(lengths)) > 1 and sum(c.patches.shape[0] for c in chunks) == cfg.n_patches
+    padded = bucketed(chunks, cfg)
+    assert padded.shape[1] == prefill_length(max(lengths), cfg.max_chunk) > max(lengths)
+    assert padded.patches.shape[0] == 3 * cfg.n_patches
+    slots = torch.arange(3)
+    caches = [KVCache.allocate(cfg, 3) for _ in range(2)]
+    with torch.inference_mode():
+        ragged = prefill_hidden(model, caches[0], slots, slice(0, 3), None, stack(chunks))
+        bucket = prefill_hidden(model, caches[1], slots, slice(0, 3), None, padded)
+    for b, n in enumerate(lengths):
+        torch.testing.assert_close(bucket[b, :n], ragged[b, :n], atol=1e-5, rtol=1e-5)
+    a, z = caches
+    n = a.cache_len  # the trash entry after them is where padding goes; never attended
+    assert torch.equal(a.pos[:, :n], z.pos[:, :n])
+    torch.testing.assert_close(z.k[:, :, :, :n], a.k[:, :, :, :n], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z.v[:, :, :, :n], a.v[:, :, :, :n], atol=1e-5, rtol=1e-5)
