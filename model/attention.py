@@ -239,16 +239,27 @@ def attend_per_session(
     rep = H // Hkv
     if plan is None:
         plan = SessionPlan.build(qpos, kpos, valid, n_sinks, window, rep)
+    # read in place when the layout cannot depend on the batch: a decode step's queries (T = 1)
+    # and the cache's slots; every such view must start 64-byte aligned, as a fresh buffer does
+    q_in_place = T == 1 and q.is_contiguous()
+    kv_in_place = cache_rows is not None and k.is_contiguous() and v.is_contiguous()
     outs: list[torch.Tensor | None] = []
     for b in range(B):
         n, m, bias = plan.q_lens[b], plan.kv_lens[b], plan.bias[b]
         if bias is None:
             outs.append(None)
             continue
-        qb = q.new_empty(Hkv, rep * n, hd)  # fresh: q[b]'s strides depend on the padded T
-        qb.view(H, n, hd).copy_(q[b, :, :n])
-        row = b if cache_rows is None else cache_rows[b]
-        kb, vb = _own(k[row, :, :m], cache_rows is not None), _own(v[row, :, :m], cache_rows is not None)
+        qb = _view(q, b, (Hkv, rep, hd), rep * hd) if q_in_place else None
+        if qb is None:  # fresh: q[b]'s strides depend on the padded T
+            qb = q.new_empty(Hkv, rep * n, hd)
+            qb.view(H, n, hd).copy_(q[b, :, :n])
+        if kv_in_place:
+            row = cache_rows[b]  # type: ignore[index]
+            kb, vb = _view(k, row, (Hkv, m, hd), k.stride(1)), _view(v, row, (Hkv, m, hd), v.stride(1))
+        else:
+            kb = vb = None
+        if kb is None or vb is None:
+            kb, vb = k[b, :, :m].clone(), v[b, :, :m].clone()
         outs.append(_attend_one(qb, kb, vb, bias).view(H, n, hd))
     if all(o is not None and o.shape[1] == T for o in outs):
         return torch.stack(outs)  # type: ignore[arg-type]
@@ -259,12 +270,13 @@ def attend_per_session(
     return y
 
 
-def _own(x: torch.Tensor, in_cache: bool) -> torch.Tensor:
-    """x itself when it is a cache slot's view starting 64-byte aligned, as a fresh allocation
-    would (its strides are the cache's, fixed whatever the batch); else a copy into a fresh buffer."""
-    if in_cache and x.data_ptr() % 64 == 0:
-        return x
-    return x.clone(memory_format=torch.contiguous_format)
+def _view(x: torch.Tensor, index: int, shape: tuple[int, int, int], stride0: int) -> torch.Tensor | None:
+    """x[index] of a contiguous x as one (a, b, c) view with strides (stride0, c, 1), or None when
+    it would not start 64-byte aligned (the caller then copies it into a fresh buffer)."""
+    offset = index * x.stride(0)
+    if (x.data_ptr() + offset * x.element_size()) % 64:
+        return None
+    return x.as_strided(shape, (stride0, shape[2], 1), x.storage_offset() + offset)
 
 
 def _attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.attention import Attention, CacheContext, KVCache, attend, attend_per_session, rope_angles
+from model.attention import (
+    Attention,
+    CacheContext,
+    KVCache,
+    SessionPlan,
+    attend,
+    attend_per_session,
+    rope_angles,
+)
 from model.config import ModelConfig
 from model.exact import exp_nonpositive
 from model.exact import softmax as exact_softmax
@@ -93,6 +101,24 @@ def row_dependent_softmax(monkeypatch: pytest.MonkeyPatch) -> None:
         _patch(monkeypatch, owner, "softmax", _skew_rows)
     for owner in (torch, torch.Tensor):
         _patch(monkeypatch, owner, "exp", _skew_elements)
+
+
+@pytest.fixture
+def shape_dependent_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GEMMs and softmax that round by their reduction length (as K-blocking and SIMD tails do):
+    a session's attention must not see the batch's number of cache entries."""
+
+    def by_length(name: str, owner: object, length: Callable[..., int]) -> None:
+        real = getattr(owner, name)
+
+        def skewed(*args: torch.Tensor, **kwargs: object) -> torch.Tensor:
+            return real(*args, **kwargs) * (1 + SKEW * length(*args))
+
+        monkeypatch.setattr(owner, name, skewed)
+
+    by_length("bmm", torch, lambda a, b: a.shape[-1] + b.shape[-1])
+    by_length("baddbmm", torch, lambda c, a, b: a.shape[-1] + b.shape[-1])
+    by_length("softmax", torch.Tensor, lambda x, *_: x.shape[-1])
 
 
 def _assert_rows_alone_equal_batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> None:
@@ -209,6 +235,63 @@ def test_per_session_attention_matches_batched_sdpa() -> None:
     mask = valid[:, None, :, None].expand_as(fast)
     torch.testing.assert_close(exact[mask], fast[mask], atol=1e-6, rtol=1e-6)
     assert not exact[~mask].any(), "padding rows are zero"
+
+
+def _in_cache(sessions: list[Session], slots: list[int], n_slots: int, kv_len: int, pad_to: int) -> tuple:
+    """`_batch` with the keys in a KV-cache layer instead: session i in slot `slots[i]` of an
+    (n_slots, HKV, kv_len + 1, HD) layer whose entries past CACHE are empty; the batch reads
+    the first `kv_len` entries (`CacheContext.kpos`)."""
+    q, _, _, qpos, _, valid = _batch(sessions, pad_to)
+    g = torch.Generator().manual_seed(7)
+    k, v = torch.randn(2, n_slots, HKV, kv_len + 1, HD, generator=g)  # other slots hold noise
+    kpos = torch.full((len(sessions), kv_len), -1, dtype=torch.long)
+    for i, (slot, s) in enumerate(zip(slots, sessions, strict=True)):
+        k[slot, :, :CACHE], v[slot, :, :CACHE], kpos[i, :CACHE] = s[1], s[2], s[4]
+    return q, k, v, qpos, kpos, valid
+
+
+@pytest.mark.parametrize("lengths", ["read back", "from the host"])
+@pytest.mark.usefixtures(
+    "row_dependent_attention", "row_dependent_blas", "row_dependent_softmax", "shape_dependent_kernels"
+)
+@torch.no_grad()
+def test_cached_attention_rows_alone_equal_batched(lengths: str) -> None:
+    """The serving path: keys read in place from each session's cache slot. Alone, a session
+    sits in another slot of a smaller cache, the batch reads fewer entries (its kv_len) and
+    pads queries differently; its rows must not change, even if kernels round by the number of
+    keys they reduce over."""
+    rep = H // HKV
+
+    def run(sessions: list[Session], slots: list[int], n_slots: int, kv_len: int, pad_to: int) -> torch.Tensor:
+        q, k, v, qpos, kpos, valid = _in_cache(sessions, slots, n_slots, kv_len, pad_to)
+        plan = None
+        if lengths == "from the host":  # each session's own: its chunk and its cache entries
+            q_lens, kv_lens = [s[0].shape[1] for s in sessions], [CACHE] * len(sessions)
+            plan = SessionPlan.build(qpos, kpos, valid, SINKS, WINDOW, rep, q_lens=q_lens, kv_lens=kv_lens)
+        return attend_per_session(q, k, v, qpos, kpos, valid, SINKS, WINDOW, plan=plan, cache_rows=slots)
+
+    batched = run(SESSIONS, [3, 0, 4], 5, CACHE + 16, 9)
+    for b, s in enumerate(SESSIONS):
+        n = s[0].shape[1]
+        alone = run([s], [1], 2, CACHE, n + 2)
+        assert torch.equal(alone[0, :, :n], batched[b, :, :n]), f"session {b}"
+        assert not batched[b, :, n:].any(), "padding rows are zero"
+
+
+@torch.no_grad()
+def test_cached_attention_matches_batched_sdpa_and_reads_nothing_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the lengths from the host, batch-invariant attention reads no tensor back (no host
+    sync, no data-dependent shape), and computes what the fast path computes."""
+    q, k, v, qpos, kpos, valid = _in_cache(SESSIONS, [3, 0, 4], 5, CACHE + 16, 9)
+    fast = attend(q, k[[3, 0, 4], :, : CACHE + 16], v[[3, 0, 4], :, : CACHE + 16], qpos, kpos, valid, SINKS, WINDOW)
+    for name in ("tolist", "item", "nonzero", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, lambda *a, **kw: pytest.fail("host read"))
+    q_lens = [s[0].shape[1] for s in SESSIONS]
+    plan = SessionPlan.build(qpos, kpos, valid, SINKS, WINDOW, H // HKV, q_lens=q_lens, kv_lens=[CACHE] * 3)
+    exact = attend_per_session(q, k, v, qpos, kpos, valid, SINKS, WINDOW, plan=plan, cache_rows=[3, 0, 4])
+    monkeypatch.undo()
+    mask = valid[:, None, :, None].expand_as(fast)
+    torch.testing.assert_close(exact[mask], fast[mask], atol=1e-6, rtol=1e-6)
 
 
 # Routing: a token's experts and weights from its own logits alone.

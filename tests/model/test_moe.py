@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.moe import MoE, balance_loss, moe_gather, moe_grouped, moe_grouped_rows, route
+from model.linear import TILE, set_batch_invariant
+from model.moe import MoE, balance_loss, moe_dense_tiled, moe_gather, moe_grouped, moe_grouped_rows, route
 from tests.model.conftest import micro_config
 
 
@@ -86,3 +87,36 @@ def test_normal_mode_reads_nothing_back_to_the_host() -> None:
         x = torch.empty(5, cfg.d_model, dtype=torch.bfloat16)
     out, r = moe(x)
     assert out.shape == (5, cfg.d_model) and r.idx.shape == (5, 3)
+
+
+def test_deterministic_formulations_give_every_row_the_same_bits() -> None:
+    """Batch-invariant experts: a decode-sized batch runs every expert on its one tile of
+    tokens (`moe_dense_tiled`), a larger one groups pairs into expert tiles (`moe_grouped_rows`).
+    Both run each row through the same fixed-shape GEMM items, so a row gets the same bits
+    alone, in a tile, in several tiles, and in either formulation (what batch invariance
+    needs when a session's decode batch and prefill batch sizes differ)."""
+    torch.manual_seed(3)
+    moe = MoE(micro_config(n_experts=6, top_k=3))
+    w = (moe.w_gate, moe.w_up, moe.w_down)
+    x = torch.randn(3 * TILE + 5, moe.cfg.d_model)  # several tiles per expert
+    idx = route(moe.router(x), 3).idx
+    rows = moe_grouped_rows(x, *w, idx)
+    torch.testing.assert_close(rows, moe_grouped(x, *w, idx), atol=1e-5, rtol=1e-5)
+    for i in (0, 9, TILE, x.shape[0] - 1):
+        alone = (x[i : i + 1], *w, idx[i : i + 1])
+        assert torch.equal(moe_grouped_rows(*alone), rows[i : i + 1])
+        assert torch.equal(moe_dense_tiled(*alone), rows[i : i + 1])
+    decode = slice(2, 2 + TILE)
+    assert torch.equal(moe_dense_tiled(x[decode], *w, idx[decode]), rows[decode])
+
+
+def test_deterministic_decode_reads_nothing_back_to_the_host() -> None:
+    """Deterministic mode at decode size (at most one tile of tokens) is sync-free too: exact
+    routing and the dense tile on the meta device, where any host read would raise."""
+    cfg = micro_config(n_experts=6, top_k=3)
+    with torch.device("meta"):
+        moe = MoE(cfg)
+        x = torch.empty(TILE, cfg.d_model)
+    set_batch_invariant(moe, True)
+    out, r = moe(x)
+    assert out.shape == (TILE, cfg.d_model) and r.idx.shape == (TILE, 3)
