@@ -23,11 +23,19 @@ Batch-invariant mode (deterministic serving) attends session by session instead 
 whole batch at once. An attention kernel blocks query rows by the query length it is given
 (PyTorch's CPU flash kernel picks 32, 64 or 256 rows from it), and in a ragged prefill that
 length is the longest chunk of the batch, so a session's rows could round differently alone
-and batched. A session's calls get only its real query rows and its own filled cache
-entries, copied into fresh buffers: their shapes, strides, alignment and values are the same
-whatever else is in the batch and however it is padded. The only assumption is that a
-library call given exactly the same inputs returns the same bits, the one the vocoder's
-per-item GEMMs make (model/linear.py); no kernel's blocking or threading matters.
+and batched. A session's calls get only its real query rows (ragged padding is a right-padded
+prefix) and its own leading cache entries, as many as its own `kv_lens` entry says, never the
+batch's `kv_len`: a kernel may block its reduction by the number of keys, so reading the
+batch's extra empty entries, even as exact zeros after the softmax, could change a
+session's bits (tests/model/test_batch_invariant.py models such kernels). Its queries are
+copied into a fresh buffer, or at decode (one query per session) read in place; its keys
+are read in place from its cache slot: either way shapes, strides, 64-byte alignment and
+values are the same whatever else is in the batch and however it is padded. The only
+assumption is that a library call given exactly the same inputs returns the same bits, the
+one the vocoder's per-item GEMMs make (model/linear.py); no kernel's blocking or threading
+matters. Each session's lengths are host ints (`SessionPlan`, built once per forward): from
+the caller (`CacheContext.begin`: `q_lens`, `kv_lens`), then nothing is read back, or else
+read back once per forward; no `nonzero`, no data-dependent selection per layer.
 """
 
 from __future__ import annotations

@@ -67,30 +67,32 @@ TILE = 16
 
 def rowwise_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """(..., K) @ (K, N) [+ bias] with each row's result independent of the other rows."""
-    lead = x.shape[:-1]
-    rows = x.reshape(-1, x.shape[-1])  # (R, K)
     if x.is_cuda:
-        out = matmul(rows.contiguous(), w)  # the kernel reads w's strides: no transpose copy
+        rows = x.reshape(-1, x.shape[-1]).contiguous()
+        out = matmul(rows, w)  # the kernel reads w's strides: no transpose copy
         out = out if bias is None else out + bias
-    else:
-        out = tiled_matmul(rows, w, bias)
-    return out.reshape(*lead, w.shape[1])
+        return out.view(*x.shape[:-1], w.shape[1])
+    return tiled_matmul(x, w, bias)
 
 
-def tiled_matmul(rows: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(R, K) @ (K, N) [+ bias] on CPU as ceil(R / TILE) identical (TILE, K) GEMM items of one
-    batched call over a stride-0 weight, the last zero-padded: the call's item shape never
-    depends on R (see the module docstring for what that does and does not guarantee)."""
-    R, K = rows.shape
+def tiled_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., K) @ (K, N) [+ bias] on CPU as ceil(R / TILE) identical (TILE, K) GEMM items of one
+    batched call over a stride-0 weight (R rows, the last tile zero-padded): the call's item
+    shape never depends on R (see the module docstring for what that does and does not
+    guarantee). Few calls: on small rows the dispatch is the cost."""
+    K = x.shape[-1]
+    R = x.numel() // K
     n_tiles = -(-R // TILE)
-    if n_tiles * TILE == R and rows.is_contiguous():
-        tiles = rows.view(n_tiles, TILE, K)
+    if n_tiles * TILE == R and x.is_contiguous():
+        tiles = x.view(n_tiles, TILE, K)
     else:
-        tiles = rows.new_zeros(n_tiles, TILE, K)
-        tiles.view(-1, K)[:R] = rows
+        tiles = x.new_zeros(n_tiles, TILE, K)
+        tiles.view(-1, K)[:R] = x.reshape(R, K)
     wx = w.expand(n_tiles, *w.shape)  # (n_tiles, K, N) stride-0 view
-    out = torch.bmm(tiles, wx) if bias is None else torch.baddbmm(bias.expand(n_tiles, TILE, -1), tiles, wx)
-    return out.view(n_tiles * TILE, -1)[:R]
+    out = torch.bmm(tiles, wx) if bias is None else torch.baddbmm(bias, tiles, wx)
+    if n_tiles * TILE != R:
+        out = out.view(-1, w.shape[1])[:R]
+    return out.view(*x.shape[:-1], w.shape[1])
 
 
 @runtime_checkable

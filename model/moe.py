@@ -12,9 +12,13 @@ captured whole by torch.compile or a CUDA graph), formulated by mode and device:
 - normal mode: one grouped GEMM (`torch._grouped_mm`) over the (token, slot) pairs sorted by
   expert; group offsets stay a device tensor. The same per-expert GEMMs as grouping by hand.
 - deterministic mode on CUDA: the Triton gather+GEMV kernel (fixed reduction order, no atomics).
-- deterministic mode elsewhere: each pair is a 1-row GEMM of its own expert (`rowwise_matmul`
-  per expert), which needs the per-expert counts on the host: a CPU tensor, so no device sync,
-  but a Python loop over experts and a graph break under torch.compile (see `moe_grouped_rows`).
+- deterministic mode elsewhere: fixed-shape GEMM tiles (model/linear.py). Up to one tile of
+  tokens (decode), every expert runs on the whole tile and each pair picks its expert's row
+  (`moe_dense_tiled`: no host read, no data-dependent shape, about the cost of grouping
+  there). A larger batch (prefill) groups pairs into per-expert tiles (`moe_grouped_rows`),
+  which needs the per-expert counts on the host: a CPU tensor, so no device sync, but a
+  Python loop over experts and a graph break under torch.compile. A row gets the same bits
+  either way: the same (TILE, D) GEMM items.
 `moe_gather` is the PyTorch gather+bmm formulation of the Triton kernel (a device without
 Triton); on a CPU it copies K weight matrices per token and loses to the grouped GEMM.
 """

@@ -1,7 +1,7 @@
 """The one premise a CPU bitwise batch-invariance test cannot avoid (model/linear.py).
 
-On CPU, batch-invariant Linear and MoE experts run `rowwise_matmul`: one batched GEMM of 1-row
-items. Whether the BLAS computes every item alike wherever it sits in the batch is the BLAS's
+On CPU, batch-invariant Linear and MoE experts run `rowwise_matmul`: one batched GEMM of
+fixed-shape 16-row tiles. Whether the BLAS computes every row alike wherever it sits is the BLAS's
 business, not a guarantee of the code, and on some shapes it does not (MKL: output widths that
 are not a multiple of 4). A bitwise test of a whole model checks this premise for the model's
 own weight shapes first and skips, naming the shape, where it does not hold.
@@ -29,7 +29,7 @@ def weight_shapes(model: nn.Module) -> set[tuple[int, int, bool]]:
 
 
 @torch.no_grad()
-def batched_gemm_breaks_rows(model: nn.Module, batches: tuple[int, ...] = (2, 5, 16)) -> str | None:
+def batched_gemm_breaks_rows(model: nn.Module, batches: tuple[int, ...] = (2, 5, 16, 37)) -> str | None:
     """None if, for every weight shape of `model`, each row of a batched `rowwise_matmul` is
     bitwise the row computed alone on this machine; else which shape and batch size is not."""
     g = torch.Generator().manual_seed(0)
