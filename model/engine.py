@@ -86,10 +86,13 @@ class Engine:
         max_sessions: int,
         *,
         deterministic: bool | None = None,
-        compile: bool = False,
+        compile: bool | str | None = None,
     ) -> None:
         """`compile`: run the prefill and decode steps through torch.compile(fullgraph=True)
-        (model/step.py) where the mode allows it; `decode_step` says which one runs."""
+        (model/step.py) where the mode allows it; `decode_step` says which run. True: with
+        inductor; a string: with that torch.compile backend. None: on a GPU (where a static
+        graph can be replayed as a CUDA graph), not on a CPU, where
+        tests/bench/bench_engine.py --compile measures it no faster than eager."""
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         if tokenizer.vocab_size > model.cfg.vocab_size:
@@ -105,7 +108,9 @@ class Engine:
         self._sessions: dict[str, SessionState] = {}
         self._lock = threading.Lock()
         self.log_turns = False  # build a TurnRecord per session and step (the failover log)
-        self.steps = Steps(compile)
+        if compile is None:
+            compile = param.device.type == "cuda"
+        self.steps = Steps(bool(compile), compile if isinstance(compile, str) else "inductor")
         log.info("engine: %d slots, decode step %s", max_sessions, self.decode_step)
         self._records: list[TurnRecord] = []
 

@@ -104,14 +104,16 @@ class Steps:
     padded to its bucket (and its camera patches to one frame per session), and both read the
     whole cache (`kv_len` None: one shape however old the sessions are)."""
 
-    def __init__(self, compile: bool = False) -> None:
+    def __init__(self, compile: bool = False, backend: str = "inductor") -> None:
+        """`backend`: torch.compile's; "aot_eager" captures the same whole graphs without
+        generating code (fast to build: the tests' proof that the steps capture whole)."""
         self.compiled: tuple[Fn, DecodeFn] | None = None
         if compile:
             # B x bucket x (frame or not) graphs: more than dynamo's default of 8 per function
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
             self.compiled = (
-                torch.compile(prefill_hidden, fullgraph=True, dynamic=False),
-                torch.compile(decode_position, fullgraph=True, dynamic=False),
+                torch.compile(prefill_hidden, fullgraph=True, dynamic=False, backend=backend),
+                torch.compile(decode_position, fullgraph=True, dynamic=False, backend=backend),
             )
 
     def uses_compiled(self, model: InteractionModel) -> bool:

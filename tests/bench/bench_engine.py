@@ -3,12 +3,15 @@
     .venv/bin/python tests/bench/bench_engine.py [--repeats 5] [--threads N] [--compile] [--device cuda]
 
 Prints `name: value` lines:
-- step_ms_B{1,4,16,32}: one batched micro-turn for B sessions;
+- step_ms_B{1,4,16,32}: one batched micro-turn for B sessions, run as model/worker.py runs it:
+  the vocoder on its own thread, synthesizing a step's audio while the next step computes;
+- step_ms_B{16,32}_vocoder_inline, vocoder_overlap_speedup_B{16,32}: the vocoder inside the
+  step instead (as before it had a thread), and the ratio;
 - max_sessions_within_100ms: the largest B whose step stays under 100 ms (half a micro-turn:
   the sessions one CPU worker serves in real time with margin);
 - batched_speedup_B{16,32}: B sessions stepped one at a time (the one-conversation-at-a-time
-  server) over the same B stepped as one batch;
-- decode_step: which decode step the engine runs (eager, or compiled with --compile);
+  server, its vocoder pipelined the same way) over the same B stepped as one batch;
+- decode_step: which steps the engine runs (eager, or prefill and decode compiled with --compile);
 - kv_bytes_per_session_{tiny,small,tml-small}: the KV pool memory one session slot holds (fp32
   for tiny, bf16 for the GPU presets);
 - tml_small_layer_ms_B32: one decode position through one tml-small-shaped layer (attention over
@@ -23,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import queue
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,7 +44,7 @@ from model.config import ModelConfig, get_preset
 from model.engine import Engine
 from model.interaction import Block, InteractionModel
 from model.positions import concat
-from model.session import InteractionSession
+from model.session import InteractionSession, PendingAudio
 from model.tokenizer import Tokenizer
 
 RS = np.random.RandomState(0)
@@ -59,21 +64,32 @@ def inputs(sids: list[str], turn: int) -> list[MicroTurnInput]:
     ]
 
 
-def time_steps(engine: Engine, B: int, repeats: int, one_at_a_time: bool = False) -> float:
+def time_steps(engine: Engine, B: int, repeats: int, one_at_a_time: bool = False, pipelined: bool = True) -> float:
+    """Median ms per micro-turn for B sessions. `pipelined`: as model/worker.py runs it, the
+    vocoder on a thread of its own taking each step's audio while the next step computes (a
+    turn then costs the slower of the two); otherwise the vocoder runs inside the step."""
     sids = [f"s{i}" for i in range(B)]
     for sid in sids:
         engine.open(sid)
+    jobs: queue.Queue[list[PendingAudio] | None] = queue.Queue(maxsize=1)  # the worker's one-step queue
+
+    def vocoder() -> None:
+        while (batch := jobs.get()) is not None:
+            for job in batch:
+                job.run()
+
+    thread = threading.Thread(target=vocoder, name="vocoder")
+    thread.start()
     times = []
     for k in range(repeats + 2):
         batch = inputs(sids, k)
         t0 = time.perf_counter()
-        if one_at_a_time:
-            for inp in batch:
-                engine.step([inp])
-        else:
-            engine.step(batch)
+        for group in [[inp] for inp in batch] if one_at_a_time else [batch]:
+            jobs.put(engine.step_isolated(group, defer_audio=pipelined).audio)  # waits while the vocoder is behind
         if k >= 2:
             times.append(time.perf_counter() - t0)
+    jobs.put(None)
+    thread.join()
     for sid in sids:
         engine.close(sid)
     return statistics.median(times) * 1000
@@ -105,6 +121,10 @@ def main() -> None:
     for B in (1, 4, 16, 32):
         step[B] = time_steps(engine, B, args.repeats)
         print(f"step_ms_B{B}: {step[B]:.1f}")
+    for B in (16, 32):
+        inline = time_steps(engine, B, args.repeats, pipelined=False)
+        print(f"step_ms_B{B}_vocoder_inline: {inline:.1f}")
+        print(f"vocoder_overlap_speedup_B{B}: {inline / step[B]:.2f}")
 
     best = 0
     for B in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64):
