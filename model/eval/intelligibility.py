@@ -14,6 +14,11 @@ serving does; several dialogues batched) and measures two word error rates:
 
 WER is pooled (total edits / total reference words), after lower-casing and dropping
 punctuation; numbers are compared as written (the ASR spells "four", our text may too).
+
+And the ceilings the first figure is read against (`reference`, `--no-reference` skips them):
+the same ASR on the dialogues' own assistant channel (the recorded voice the model learns)
+against the words it says, and on that recording resynthesized by our vocoder from its
+log-mel (model/vocoder.py): what a perfect model would score through Griffin-Lim.
 """
 
 from __future__ import annotations
@@ -28,13 +33,17 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 
 from infra.messages import MicroTurnInput
 from model.attention import KVCache
 from model.checkpoint import load_checkpoint
+from model.config import ModelConfig
+from model.dmel import log_mel_offline
 from model.interaction import InteractionModel
 from model.session import SessionState, step_batch
 from model.tokenizer import Tokenizer
+from model.vocoder import griffin_lim
 
 SAMPLE_RATE = 16000
 _WORD = re.compile(r"[a-z0-9']+")
@@ -116,10 +125,37 @@ def run_dialogues(
     return list(zip(outs, texts, caps, strict=True))
 
 
-def spoken_words(wav: Path) -> str:
-    """The user's words of a dialogue, from its alignments (model/data layout)."""
+def spoken_words(wav: Path, speaker: str = "SPEAKER_USER") -> str:
+    """One speaker's words of a dialogue, from its alignments (model/data layout)."""
     alignments = json.loads(wav.with_suffix(".json").read_text())["alignments"]
-    return " ".join(str(w) for w, _, spk in alignments if spk == "SPEAKER_USER")
+    return " ".join(str(w) for w, _, spk in alignments if spk == speaker)
+
+
+def reference(wavs: Sequence[Path], cfg: ModelConfig, log: bool = True) -> tuple[Wer, Wer]:
+    """ASR word error rates of the dialogues' assistant channel (channel 0) against its words:
+    (the recording itself, the recording through our vocoder from its log-mel)."""
+    from model.eval import asr, silero
+
+    direct, vocoded = Wer(), Wer()
+    for i, wav in enumerate(wavs):
+        words = normalize(spoken_words(wav, "SPEAKER_MAIN"))
+        if not words:
+            continue
+        audio, sr = sf.read(wav, dtype="float32", always_2d=True)
+        if sr != SAMPLE_RATE:
+            raise ValueError(f"{wav}: expected {SAMPLE_RATE} Hz, got {sr}")
+        voice = np.ascontiguousarray(audio[:, 0])
+        resynth = griffin_lim(log_mel_offline(torch.from_numpy(voice), cfg), cfg).numpy()
+        for wer, x in ((direct, voice), (vocoded, resynth)):
+            wer.add(words, normalize(" ".join(w.text for w in asr.transcribe(x, silero.speech_segments(x)))))
+        if log:
+            print(
+                f"reference: {i + 1}/{len(wavs)} dialogues, recorded voice WER {_fmt(direct.rate)}, "
+                f"through the vocoder {_fmt(vocoded.rate)}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return direct, vocoded
 
 
 def measure(
@@ -158,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-clips", type=int, default=40)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--json", type=Path, help="write the figures and every clip's texts here")
+    ap.add_argument("--no-reference", action="store_true", help="skip the recorded-voice and vocoder ceilings")
     args = ap.parse_args(argv)
     wavs = sorted(args.dialogues.glob("*.wav"))[: args.max_clips]
     if not wavs:
@@ -167,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     intel, cap, rows = measure(ck.model, ck.tokenizer, wavs, args.batch)
     print(f"speech WER (ASR of output vs own text): {_fmt(intel.rate)} over {intel.words} words, {intel.clips} clips")
     print(f"caption WER (caption head vs spoken):   {_fmt(cap.rate)} over {cap.words} words, {cap.clips} clips")
+    ceilings: dict[str, float | None] = {}
+    if not args.no_reference:
+        direct, vocoded = reference(wavs, ck.model.cfg)
+        ceilings = {"reference_voice_wer": direct.rate, "reference_vocoded_wer": vocoded.rate}
+        print(f"reference: the recorded assistant voice {_fmt(direct.rate)}, through the vocoder {_fmt(vocoded.rate)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -174,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "speech_words": intel.words,
             "caption_wer": cap.rate,
             "caption_words": cap.words,
+            **ceilings,
             "clips": [asdict(r) for r in rows],
         }
         args.json.write_text(json.dumps(payload, indent=1) + "\n")
