@@ -74,3 +74,19 @@ def override_from_env(env: Mapping[str, str] = os.environ) -> int | None:
     if n < 1:
         raise ValueError(f"{ENV_VAR} must be >= 1, got {n}")
     return n
+
+
+def apply_torch_threads(flag: int | None) -> tuple[int, int, str]:
+    """Set torch's intra-op threads for this process: `flag`, else MICROTURN_TORCH_THREADS, else
+    the default for the cores it has. Returns (threads, cores, source). Called before the engine
+    thread starts: torch hands the count to each new thread's OpenMP pool."""
+    import torch  # here: the rest of this module never loads it
+
+    if flag is not None and flag < 1:
+        raise ValueError(f"--torch-threads must be >= 1, got {flag}")
+    env = override_from_env()
+    override, source = (flag, "flag") if flag is not None else (env, "env") if env is not None else (None, "default")
+    cores = available_cores()
+    threads = torch_threads_for(cores, override)
+    torch.set_num_threads(threads)
+    return threads, cores, source

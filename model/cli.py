@@ -124,6 +124,9 @@ def add_worker_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, help="checkpoint directory (MICROTURN_CHECKPOINT)")
     p.add_argument("--drain-s", type=float, default=20.0, help="SIGTERM: seconds running sessions go on (20)")
     p.add_argument("--ttl-s", type=float, default=3.0, help="heartbeat TTL in the registry (3)")
+    p.add_argument(
+        "--torch-threads", type=int, help="torch intra-op threads (MICROTURN_TORCH_THREADS; default every core but one)"
+    )
     p.set_defaults(func=run_worker)
 
 
@@ -134,8 +137,9 @@ def run_worker(args: argparse.Namespace) -> int:
     import os
     import socket
 
-    from infra.logging import configure_logging
+    from infra.logging import configure_logging, get_logger
     from infra.settings import SettingsError, settings_from
+    from infra.threads import apply_torch_threads
     from model.service import ServiceSettings
 
     try:
@@ -162,6 +166,13 @@ def run_worker(args: argparse.Namespace) -> int:
         worker_id=worker_id, ttl_s=args.ttl_s, drain_s=args.drain_s, stall_s=settings.engine_stall_s
     )
     configure_logging(settings.log_level, settings.log_json)
+    try:
+        # the core left over runs the vocoder thread (model/worker.py) and the Redis loop
+        threads, cores, source = apply_torch_threads(args.torch_threads)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    get_logger(__name__).info("worker.threads", torch_threads=threads, cores=cores, source=source)
     try:
         import uvloop
 

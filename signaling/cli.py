@@ -28,24 +28,6 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_serve)
 
 
-def apply_torch_threads(flag: int | None) -> tuple[int, int, str]:
-    """Set torch's intra-op threads for this process: `flag`, else MICROTURN_TORCH_THREADS, else
-    the default for the cores it has. Returns (threads, cores, source). Called before the engine
-    thread starts: torch hands the count to each new thread's OpenMP pool."""
-    import torch
-
-    from infra.threads import available_cores, override_from_env, torch_threads_for
-
-    if flag is not None and flag < 1:
-        raise ValueError(f"--torch-threads must be >= 1, got {flag}")
-    env = override_from_env()
-    override, source = (flag, "flag") if flag is not None else (env, "env") if env is not None else (None, "default")
-    cores = available_cores()
-    threads = torch_threads_for(cores, override)
-    torch.set_num_threads(threads)
-    return threads, cores, source
-
-
 def run_serve(args: argparse.Namespace) -> int:
     """Edge + engine (worker thread) + in-process bus in one process, on uvloop when available.
 
@@ -72,6 +54,8 @@ def run_serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_json)
     _quiet_ice(settings.log_level)
     try:
+        from infra.threads import apply_torch_threads
+
         threads, cores, source = apply_torch_threads(args.torch_threads)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
