@@ -78,14 +78,19 @@ class InteractionModel(nn.Module):
         *,
         rows: slice | list[int] | None = None,
         kv_len: int | None = None,
+        lens: tuple[list[int], list[int]] | None = None,
     ) -> TrunkOutput:
-        """`rows`, `kv_len`: what the caller knows on the host about the slots (CacheContext.begin)."""
+        """`rows`, `kv_len`, `lens` (q_lens, kv_lens; batch-invariant mode): what the caller
+        knows on the host about the slots (CacheContext.begin)."""
         valid = p.valid
         ctx = None
         if cache is not None:
             if slots is None:
                 raise ValueError("slots: a cached forward needs the cache slot of every row")
-            ctx = CacheContext.begin(cache, slots, p.pos, valid, rows=rows, kv_len=kv_len)
+            q_lens, kv_lens = lens if lens is not None else (None, None)
+            ctx = CacheContext.begin(
+                cache, slots, p.pos, valid, rows=rows, kv_len=kv_len, q_lens=q_lens, kv_lens=kv_lens
+            )
         x = self.embed(p)  # (B, T, D)
         rope = rope_angles(p.pos, self.cfg.head_dim, self.cfg.rope_theta)
         mask = None  # built once here for every layer; batch-invariant attention builds its own

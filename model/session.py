@@ -232,7 +232,11 @@ def compute_batch(
     rows = cache.rows(slot_ids)
     start_out = [s.next_pos + c.shape[1] for s, c in zip(states, chunks, strict=True)]
     kv_len = kv_bucket(max(start_out) + P, cache.cache_len)  # entries beyond are still empty
-    hidden_in = step.prefill(model, cache, slots, rows, chunks, kv_len=kv_len)  # (B, T, D)
+    exact = bool(getattr(model.blocks[0].attn, "batch_invariant", False))
+    C = cache.cache_len
+    # batch-invariant attention reads each session's own lengths from here, not from the tensors
+    lens = ([c.shape[1] for c in chunks], [min(s, C) for s in start_out]) if exact else None
+    hidden_in = step.prefill(model, cache, slots, rows, chunks, kv_len=kv_len, lens=lens)  # (B, T, D)
     gates = [s.gate or cfg.gate for s in states]
     gate = BatchGate.build(
         gates, [s.seed for s in states], [s.turn for s in states], tokenizer.pad_id, tokenizer.eot_id, device
@@ -264,6 +268,7 @@ def compute_batch(
         d = step.decode(
             model, cache, slots, rows, out.position(j, tok, bins), speaking, gate, flow_noise[j],
             None if gate_noise is None else gate_noise[j], kv_len=kv_len,
+            lens=([1] * B, [min(s + j + 1, C) for s in start_out]) if exact else None,
         )  # fmt: skip
         h, logits, tok, speaking, mel, bins = d.hidden, d.logits, d.token, d.speaking, d.mel, d.bins
         toks.append(tok)

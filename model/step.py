@@ -8,9 +8,9 @@ or a static Python value, with no host read and no data-dependent shape: so both
 `fullgraph=True` (the proof that a CUDA graph can replay them). `compute_batch`
 (model/session.py) calls them through `Steps`, eager or compiled.
 
-What still breaks the graph, so runs eager: deterministic mode (its attention runs session by
-session on each one's real keys, a data-dependent selection; on CPU its MoE groups rows by
-expert on the host).
+What runs eager: deterministic mode. Its attention runs session by session on host-known
+lengths (`Lens`, no read back, but Python per session) and its prefill MoE groups rows by
+expert on the host (model/moe.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from model.dmel import quantize, unit_to_mel
 from model.gate import BatchGate, gate_step
 from model.interaction import InteractionModel
 from model.positions import Positions, stack
+
+# (q_lens, kv_lens): each session's real positions in the chunk and the cache entries filled
+# once it is written, host ints for batch-invariant attention (model/attention.py SessionPlan)
+Lens = tuple[list[int], list[int]]
 
 # IN_k lengths a compiled prefill is padded to (then the config's max_chunk): 4 audio positions
 # alone, with one camera frame's 12 patches, with some typed text
@@ -54,9 +58,10 @@ def prefill_hidden(
     rows: slice | list[int],
     kv_len: int | None,
     p: Positions,  # (B, T) IN_k of B sessions, right-padded
+    lens: Lens | None = None,
 ) -> torch.Tensor:
     """(B, T, D) hidden states of the chunk, its keys and values written to the cache."""
-    return model(p, cache, slots, rows=rows, kv_len=kv_len).hidden
+    return model(p, cache, slots, rows=rows, kv_len=kv_len, lens=lens).hidden
 
 
 @dataclass
@@ -80,9 +85,10 @@ def decode_position(
     gate: BatchGate,
     flow_noise: torch.Tensor,  # (B, mel_dim)
     gate_noise: torch.Tensor | None,  # (B, V) Gumbel noise, or None when no row samples
+    lens: Lens | None = None,
 ) -> Decoded:
     cfg = model.cfg
-    h = model(p, cache, slots, rows=rows, kv_len=kv_len).hidden[:, 0]  # (B, D)
+    h = model(p, cache, slots, rows=rows, kv_len=kv_len, lens=lens).hidden[:, 0]  # (B, D)
     logits = model.text_head(h)  # (B, V)
     tok, speaking = gate_step(logits, speaking, gate, gate_noise)  # the speak gate, or argmax when greedy
     unit = model.flow.sample(model.flow_cond(h, tok), flow_noise)
@@ -128,11 +134,12 @@ class Steps:
         chunks: list[Positions],
         *,
         kv_len: int | None,
+        lens: Lens | None = None,
     ) -> torch.Tensor:
         """(B, T, D) for B sessions' IN_k (T = the longest chunk; rows past a chunk are padding)."""
         device = cache.k.device
         if self.compiled is None or not self.uses_compiled(model):
-            return prefill_hidden(model, cache, slots, rows, kv_len, stack(chunks).to(device))
+            return prefill_hidden(model, cache, slots, rows, kv_len, stack(chunks).to(device), lens)
         T = max(c.shape[1] for c in chunks)
         return self.compiled[0](model, cache, slots, rows, None, bucketed(chunks, model.cfg).to(device))[:, :T]
 
@@ -149,10 +156,11 @@ class Steps:
         gate_noise: torch.Tensor | None,
         *,
         kv_len: int | None,
+        lens: Lens | None = None,
     ) -> Decoded:
         if self.compiled is not None and self.uses_compiled(model):
             return self.compiled[1](model, cache, slots, rows, None, p, speaking, gate, flow_noise, gate_noise)
-        return decode_position(model, cache, slots, rows, kv_len, p, speaking, gate, flow_noise, gate_noise)
+        return decode_position(model, cache, slots, rows, kv_len, p, speaking, gate, flow_noise, gate_noise, lens)
 
     def describe(self, model: InteractionModel) -> str:
         if not self.uses_compiled(model):

@@ -75,7 +75,7 @@ def test_deterministic_outputs_are_bitwise_batch_invariant(tokenizer: Tokenizer)
     (model/attention.py); the vocoder is one GEMM per session (`per_item_matmul`); the router
     softmax is exact elementwise operations (model/exact.py); sampling noise is keyed per
     session (model/rng.py). Premises of the libraries, not guarantees of the code:
-    - Linear/MoE's batched 1-row GEMMs round every row alike: checked for this model's shapes
+    - Linear/MoE's fixed 16-row GEMM tiles round a row alike wherever it sits in a tile: checked for this model's shapes
       first, and the test skips naming the shape where this CPU's BLAS does not.
     - SiLU is elementwise, but PyTorch computes the last elements of a tensor (numel modulo
       the SIMD loop step: 16 floats with AVX2, 32 with AVX-512) with scalar code that rounds

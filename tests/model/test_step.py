@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
 
 from model.attention import KVCache
@@ -48,3 +51,35 @@ def test_bucketed_prefill_equals_the_ragged_one(tokenizer: Tokenizer) -> None:
     assert torch.equal(a.pos[:, :n], z.pos[:, :n])
     torch.testing.assert_close(z.k[:, :, :, :n], a.k[:, :, :, :n], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(z.v[:, :, :, :n], a.v[:, :, :, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_deterministic_steps_hand_attention_the_lengths_it_would_read_back(
+    tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """compute_batch passes each session's query and key lengths as host ints (no read back in
+    the step), and they are the ones the tensors say: prefill and every decode position."""
+    from model.attention import SessionPlan
+    from model.engine import Engine
+
+    real = SessionPlan.build.__func__  # type: ignore[attr-defined]
+    seen: list[tuple[list[int], list[int]]] = []
+
+    def build(
+        cls: type[SessionPlan], *a: Any, q_lens: list[int] | None = None, kv_lens: list[int] | None = None
+    ) -> Any:
+        assert q_lens is not None and kv_lens is not None, "a step read its lengths back"
+        read = real(cls, *a)  # what the tensors say
+        assert (read.q_lens, read.kv_lens) == (q_lens, kv_lens)
+        seen.append((q_lens, kv_lens))
+        return real(cls, *a, q_lens=q_lens, kv_lens=kv_lens)
+
+    torch.manual_seed(0)
+    engine = Engine(InteractionModel(micro_config(deterministic=True)), tokenizer, max_sessions=3)
+    for i in range(3):
+        engine.open(f"s{i}", seed=i)
+    monkeypatch.setattr(SessionPlan, "build", classmethod(build))
+    for k in range(3):
+        engine.step([session_inputs(i, 3)[k] for i in range(3)])
+    P = engine.model.cfg.positions_per_turn
+    assert len(seen) == 3 * (1 + P)  # the prefill and P decode positions of each turn
+    assert len({tuple(q) for q, _ in seen[:: 1 + P]}) > 1  # ragged prefills were among them
