@@ -48,6 +48,9 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 
+STOP_FLUSH_S = 5.0  # stop(): how long outputs of finished steps may take to be synthesized and sent
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
     worker_id: str = "local"
@@ -109,12 +112,22 @@ class Worker:
         self._sub = sub
 
     async def stop(self) -> None:
+        if not self._tasks:  # never started, or stopped already
+            return
         self._sub.close()
-        for t in self._tasks:
+        *stepping, publisher = self._tasks
+        for t in stepping:
             t.cancel()
-        for t in self._tasks:
+        for t in stepping:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        # outputs of a finished step still waiting for their audio are published, not dropped
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_FLUSH_S):
+                await self._ready.join()
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
         self._tasks = []
         # let a step and a synthesis in flight finish, then release the threads
         loop = asyncio.get_running_loop()
@@ -242,22 +255,32 @@ class Worker:
 
     async def _publish(self) -> None:
         """Each step's outputs, once the vocoder thread has filled in their audio, in step order."""
-        loop = asyncio.get_running_loop()
         while True:
             outputs, audio = await self._ready.get()
-            for job in audio:
-                try:
-                    await loop.run_in_executor(self._vocoder, job.run)
-                except Exception:
-                    # the mel was checked finite before it left the engine: nothing known fails here
-                    log.exception("worker.vocoder_failed", sessions=[o.session_id for o in job.outputs])
-                    for out in job.outputs:
-                        out.audio = bytes(4 * self._turn_samples)
-            for out in outputs:
-                try:
-                    await self.bus.publish_struct(keys.outputs(out.session_id), out)
-                except BusClosed:
-                    return
+            try:
+                sent = await self._synthesize_and_send(outputs, audio)
+            finally:
+                self._ready.task_done()
+            if not sent:
+                return
+
+    async def _synthesize_and_send(self, outputs: list[MicroTurnOutput], audio: list[PendingAudio]) -> bool:
+        """False when the bus is closed (nothing more can be sent)."""
+        loop = asyncio.get_running_loop()
+        for job in audio:
+            try:
+                await loop.run_in_executor(self._vocoder, job.run)
+            except Exception:
+                # the mel was checked finite before it left the engine: nothing known fails here
+                log.exception("worker.vocoder_failed", sessions=[o.session_id for o in job.outputs])
+                for out in job.outputs:
+                    out.audio = bytes(4 * self._turn_samples)
+        for out in outputs:
+            try:
+                await self.bus.publish_struct(keys.outputs(out.session_id), out)
+            except BusClosed:
+                return False
+        return True
 
     def _session_failed(self, inp: MicroTurnInput, why: str) -> MicroTurnOutput:
         """The engine closed this session: forget it and tell its call (the last message it gets)."""

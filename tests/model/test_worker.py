@@ -288,3 +288,35 @@ def test_deferred_audio_is_the_audio_of_an_inline_step(tokenizer: Tokenizer) -> 
         for w, g in zip(want.outputs, got.outputs, strict=True):
             assert (g.session_id, g.text_tokens) == (w.session_id, w.text_tokens)
             np.testing.assert_array_equal(g.audio_array(), w.audio_array())
+
+
+async def test_stop_publishes_the_outputs_still_being_synthesized(
+    setup: tuple[Worker, MemoryBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A step has finished and its audio is on the vocoder thread when the worker stops: its
+    output is still published (and stopping twice is harmless)."""
+    import threading
+    import time
+
+    from model.session import PendingAudio
+
+    worker, bus = setup
+    started = threading.Event()
+    real_run = PendingAudio.run
+
+    def slow_run(self: PendingAudio) -> None:
+        started.set()
+        time.sleep(0.5)
+        real_run(self)
+
+    monkeypatch.setattr(PendingAudio, "run", slow_run)
+    await worker.open("a")
+    collector = asyncio.create_task(collect(bus, "a", 1))
+    await asyncio.sleep(0)
+    await bus.publish_struct(keys.inputs("local"), MicroTurnInput.from_arrays(audio(0), session_id="a", turn=0))
+    while not started.is_set():
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    outs = await asyncio.wait_for(collector, 5)
+    assert [o.turn for o in outs] == [0] and len(outs[0].audio_array()) == TURN_SAMPLES
+    await worker.stop()
