@@ -8,7 +8,8 @@ longer and longer: the typed-text backlog is capped (`max_text_backlog` tokens) 
 that does not fit is dropped whole, counted, and reported on the next output
 (`MicroTurnOutput.text_dropped`) so the client can be told.
 `step_batch` runs one micro-turn for many sessions: one ragged prefill of every IN_k, then
-`positions_per_turn` batched decode steps for OUT_k. `InteractionSession` is the
+`positions_per_turn` batched decode steps for OUT_k (`compute_batch`), then the audio
+(`PendingAudio`, which the worker runs on its own thread instead). `InteractionSession` is the
 single-session API on top of it; the engine (model/engine.py) is the same call over a slot pool.
 """
 
@@ -160,7 +161,9 @@ def step_batch(
     """One micro-turn for every (state, input) pair: ragged prefill, then batched decode."""
     t_start = time.perf_counter()
     chunks = [s.prepare(inp, tokenizer) for s, inp in zip(states, inputs, strict=True)]
-    return run_batch(model, cache, tokenizer, states, inputs, chunks, t_start=t_start, step=step)
+    outputs, audio = compute_batch(model, cache, tokenizer, states, inputs, chunks, t_start=t_start, step=step)
+    audio.run()
+    return outputs
 
 
 @dataclass
@@ -182,24 +185,6 @@ class PendingAudio:
         for out, a in zip(self.outputs, audio, strict=True):
             out.audio = a.tobytes()
             out.step_ms += ms  # the turn's compute: model step plus its synthesis
-
-
-@torch.inference_mode()
-def run_batch(
-    model: InteractionModel,
-    cache: KVCache,
-    tokenizer: Tokenizer,
-    states: list[SessionState],
-    inputs: list[MicroTurnInput],
-    chunks: list[Positions],
-    *,
-    t_start: float | None = None,
-    step: Steps = EAGER,
-) -> list[MicroTurnOutput]:
-    """`compute_batch`, then its audio: outputs complete with their sound."""
-    outputs, audio = compute_batch(model, cache, tokenizer, states, inputs, chunks, t_start=t_start, step=step)
-    audio.run()
-    return outputs
 
 
 @torch.inference_mode()
