@@ -108,21 +108,20 @@ def read_wav(path: Path) -> np.ndarray:
 
 
 # --- tracks ----------------------------------------------------------------------------------------
-class WavTrack(MediaStreamTrack):
-    """A microphone: `audio` in real time, 20 ms frames on absolute deadlines, then silence
-    (or the audio again with `loop=True`). `finished` is set when the audio has been sent once."""
+class _PacedAudioTrack(MediaStreamTrack):
+    """20 ms audio frames on absolute deadlines from the first `recv`."""
 
     kind = "audio"
 
-    def __init__(self, audio: np.ndarray, *, loop: bool = False) -> None:
+    def __init__(self, *, loop: bool) -> None:
         super().__init__()
-        self.pcm = np.rint(np.clip(audio, -1, 1) * 32767).astype(np.int16)
         self.loop = loop
         self.finished = asyncio.Event()
         self._n = 0
         self._start: float | None = None
 
-    async def recv(self) -> av.AudioFrame:
+    async def _next_frame(self) -> int:
+        """Wait for frame n's deadline; returns n (raises when the track was stopped)."""
         if self.readyState != "live":
             raise MediaStreamError
         if self._start is None:
@@ -130,17 +129,35 @@ class WavTrack(MediaStreamTrack):
         delay = self._start + self._n * FRAME / RATE - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        i = self._n * FRAME
+        return self._n
+
+
+def _s16_frame(pcm: np.ndarray, n: int) -> av.AudioFrame:
+    """FRAME int16 samples as the n-th 20 ms frame of a 16 kHz mono stream."""
+    frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
+    frame.sample_rate = RATE
+    frame.pts = n * FRAME
+    frame.time_base = fractions.Fraction(1, RATE)
+    return frame
+
+
+class WavTrack(_PacedAudioTrack):
+    """A microphone: `audio` in real time, 20 ms frames on absolute deadlines, then silence
+    (or the audio again with `loop=True`). `finished` is set when the audio has been sent once."""
+
+    def __init__(self, audio: np.ndarray, *, loop: bool = False) -> None:
+        super().__init__(loop=loop)
+        self.pcm = np.rint(np.clip(audio, -1, 1) * 32767).astype(np.int16)
+
+    async def recv(self) -> av.AudioFrame:
+        i = await self._next_frame() * FRAME
         if self.loop:
             i %= self.pcm.size - FRAME
         chunk = self.pcm[i : i + FRAME]
         if chunk.size < FRAME:
             self.finished.set()
             chunk = np.concatenate([chunk, np.zeros(FRAME - chunk.size, np.int16)])
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = self._n * FRAME
-        frame.time_base = fractions.Fraction(1, RATE)
+        frame = _s16_frame(chunk, self._n)
         self._n += 1
         return frame
 
@@ -169,42 +186,26 @@ def encode_packets(audio: np.ndarray, codec: str = "opus") -> list[bytes]:
     pcm = np.rint(np.clip(audio, -1, 1) * 32767).astype(np.int16)
     out: list[bytes] = []
     for n, i in enumerate(range(0, pcm.size - FRAME + 1, FRAME)):
-        frame = av.AudioFrame.from_ndarray(pcm[None, i : i + FRAME], format="s16", layout="mono")
-        frame.sample_rate = RATE
-        frame.pts = n * FRAME
-        frame.time_base = fractions.Fraction(1, RATE)
-        out += encoder.encode(frame)[0]
+        out += encoder.encode(_s16_frame(pcm[i : i + FRAME], n))[0]
     return out
 
 
-class EncodedTrack(MediaStreamTrack):
+class EncodedTrack(_PacedAudioTrack):
     """A microphone that replays pre-encoded 20 ms payloads in real time on absolute deadlines,
     like `WavTrack` (again and again with `loop=True`; else the track ends after the last).
     aiortc's sender packs an `av.Packet` without encoding it; pts in the codec's clock keep the
     RTP timestamps continuous across the loop."""
 
-    kind = "audio"
-
     def __init__(self, packets: list[bytes], codec: str = "opus", *, loop: bool = False) -> None:
-        super().__init__()
+        super().__init__(loop=loop)
         if not packets:
             raise ValueError("no packets to send")
         self.packets = packets
         self.clock, self.step = CODEC_CLOCK[codec]
-        self.loop = loop
-        self.finished = asyncio.Event()
-        self._n = 0
-        self._start: float | None = None
 
     async def recv(self) -> av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._start is None:
-            self._start = time.monotonic()
-        delay = self._start + self._n * FRAME / RATE - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        i = self._n % len(self.packets) if self.loop else self._n
+        n = await self._next_frame()
+        i = n % len(self.packets) if self.loop else n
         if i >= len(self.packets):
             self.finished.set()
             self.stop()
