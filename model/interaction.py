@@ -94,7 +94,7 @@ class InteractionModel(nn.Module):
         x = self.embed(p)  # (B, T, D)
         rope = rope_angles(p.pos, self.cfg.head_dim, self.cfg.rope_theta)
         mask = None  # built once here for every layer; batch-invariant attention builds its own
-        if not getattr(self.blocks[0].attn, "batch_invariant", False):
+        if not self.runs_batch_invariant:
             kpos = torch.where(valid, p.pos, -1) if ctx is None else ctx.kpos
             rep = self.cfg.n_heads // self.cfg.n_kv_heads
             mask = gqa_mask(p.pos, kpos, valid, self.cfg.n_sinks, self.cfg.window, rep)
@@ -103,6 +103,12 @@ class InteractionModel(nn.Module):
             x, r = block(x, rope, p.pos, valid, ctx, mask)
             routing.append(r)
         return TrunkOutput(hidden=self.norm(x), routing=routing)
+
+    @property
+    def runs_batch_invariant(self) -> bool:
+        """Deterministic serving is on (`set_batch_invariant`). Not named `batch_invariant`: that
+        would make the model itself a `BatchInvariant` module for `set_batch_invariant`."""
+        return bool(self.blocks[0].attn.batch_invariant)  # type: ignore[union-attr]
 
     def set_batch_invariant(self, enabled: bool) -> None:
         """Deterministic serving: every row's arithmetic independent of the batch (model/linear.py)."""

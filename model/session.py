@@ -217,7 +217,7 @@ def compute_batch(
     rows = cache.rows(slot_ids)
     start_out = [s.next_pos + c.shape[1] for s, c in zip(states, chunks, strict=True)]
     kv_len = kv_bucket(max(start_out) + P, cache.cache_len)  # entries beyond are still empty
-    exact = bool(getattr(model.blocks[0].attn, "batch_invariant", False))
+    exact = model.runs_batch_invariant
     C = cache.cache_len
     # batch-invariant attention reads each session's own lengths from here, not from the tensors
     lens = ([c.shape[1] for c in chunks], [min(s, C) for s in start_out]) if exact else None

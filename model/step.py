@@ -123,7 +123,10 @@ class Steps:
             )
 
     def uses_compiled(self, model: InteractionModel) -> bool:
-        return self.compiled is not None and not model.blocks[0].attn.batch_invariant  # type: ignore[union-attr]
+        return self._compiled(model) is not None
+
+    def _compiled(self, model: InteractionModel) -> tuple[Fn, DecodeFn] | None:
+        return None if model.runs_batch_invariant else self.compiled
 
     def prefill(
         self,
@@ -138,10 +141,10 @@ class Steps:
     ) -> torch.Tensor:
         """(B, T, D) for B sessions' IN_k (T = the longest chunk; rows past a chunk are padding)."""
         device = cache.k.device
-        if self.compiled is None or not self.uses_compiled(model):
+        if (compiled := self._compiled(model)) is None:
             return prefill_hidden(model, cache, slots, rows, kv_len, stack(chunks).to(device), lens)
         T = max(c.shape[1] for c in chunks)
-        return self.compiled[0](model, cache, slots, rows, None, bucketed(chunks, model.cfg).to(device))[:, :T]
+        return compiled[0](model, cache, slots, rows, None, bucketed(chunks, model.cfg).to(device))[:, :T]
 
     def decode(
         self,
@@ -158,8 +161,8 @@ class Steps:
         kv_len: int | None,
         lens: Lens | None = None,
     ) -> Decoded:
-        if self.compiled is not None and self.uses_compiled(model):
-            return self.compiled[1](model, cache, slots, rows, None, p, speaking, gate, flow_noise, gate_noise)
+        if (compiled := self._compiled(model)) is not None:
+            return compiled[1](model, cache, slots, rows, None, p, speaking, gate, flow_noise, gate_noise)
         return decode_position(model, cache, slots, rows, kv_len, p, speaking, gate, flow_noise, gate_noise, lens)
 
     def describe(self, model: InteractionModel) -> str:

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import aiohttp
 import msgspec
@@ -32,12 +31,6 @@ pytestmark = pytest.mark.timeout(60)
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """3 s of 16 kHz speech (espeak-ng, or a synthetic voice without it), via a wav file."""
     return read_wav(speech_wav(tmp_path_factory.mktemp("wav") / "speech.wav", 3.0))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def max_gap_ms(arrivals: list[float]) -> float:

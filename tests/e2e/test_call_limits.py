@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -16,12 +15,6 @@ from tests.e2e.aiortc_client import Caller, synthetic_speech
 from tests.e2e.aiortc_server import edge_settings, running_edge, wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def connected_caller(url: str, http: aiohttp.ClientSession) -> Caller:

@@ -5,7 +5,6 @@ packets as the caller's speech and the model's audio arrives every 20 ms with no
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
 import numpy as np
@@ -20,12 +19,6 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     return read_wav(speech_wav(tmp_path_factory.mktemp("wav") / "speech.wav", 2.0))
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def test_encode_packets_is_one_payload_per_20_ms(speech: np.ndarray) -> None:
