@@ -8,6 +8,11 @@ or a static Python value, with no host read and no data-dependent shape: so both
 `fullgraph=True` (the proof that a CUDA graph can replay them). `compute_batch`
 (model/session.py) calls them through `Steps`, eager or compiled.
 
+Eager (the CPU default), the prefill runs one forward per length bucket present
+(`length_groups`), each padded only to its own longest chunk: the sessions with a camera frame
+or typed text do not drag every other session's 4 audio positions up to their length. Compiled,
+it stays one forward padded to one bucket (one graph per batch size and bucket).
+
 What runs eager: deterministic mode. Its attention runs session by session on host-known
 lengths (`Lens`, no read back, but Python per session) and its prefill MoE groups rows by
 expert on the host (model/moe.py).
@@ -39,6 +44,17 @@ PREFILL_BUCKETS = (4, 16, 32)
 def prefill_length(T: int, max_chunk: int) -> int:
     """The bucket a chunk of T positions is padded to."""
     return next((b for b in PREFILL_BUCKETS if b >= T), max(T, max_chunk))
+
+
+def length_groups(chunks: list[Positions], cfg: ModelConfig) -> list[list[int]]:
+    """The chunks' indices grouped by length bucket, shortest first. Eager prefill runs a group
+    per forward: most sessions send 4 audio positions, and padding them to the one with a
+    camera frame (16) or typed text would multiply the trunk's rows by up to 4; an extra
+    forward costs less than that from 2 sessions on."""
+    groups: dict[int, list[int]] = {}
+    for i, c in enumerate(chunks):
+        groups.setdefault(prefill_length(c.shape[1], cfg.max_chunk), []).append(i)
+    return [groups[k] for k in sorted(groups)]
 
 
 def bucketed(chunks: list[Positions], cfg: ModelConfig) -> Positions:
@@ -141,10 +157,25 @@ class Steps:
     ) -> torch.Tensor:
         """(B, T, D) for B sessions' IN_k (T = the longest chunk; rows past a chunk are padding)."""
         device = cache.k.device
-        if (compiled := self._compiled(model)) is None:
-            return prefill_hidden(model, cache, slots, rows, kv_len, stack(chunks).to(device), lens)
         T = max(c.shape[1] for c in chunks)
-        return compiled[0](model, cache, slots, rows, None, bucketed(chunks, model.cfg).to(device))[:, :T]
+        if (compiled := self._compiled(model)) is not None:
+            return compiled[0](model, cache, slots, rows, None, bucketed(chunks, model.cfg).to(device))[:, :T]
+        groups = length_groups(chunks, model.cfg)
+        if len(groups) == 1:
+            return prefill_hidden(model, cache, slots, rows, kv_len, stack(chunks).to(device), lens)
+        ids = list(range(rows.start, rows.stop)) if isinstance(rows, slice) else rows
+        out: torch.Tensor | None = None
+        for group in groups:
+            sub_lens = None if lens is None else ([lens[0][i] for i in group], [lens[1][i] for i in group])
+            h = prefill_hidden(
+                model, cache, slots[group], cache.rows([ids[i] for i in group]), kv_len,
+                stack([chunks[i] for i in group]).to(device), sub_lens,
+            )  # fmt: skip
+            if out is None:
+                out = h.new_zeros(len(chunks), T, h.shape[-1])
+            out[group, : h.shape[1]] = h
+        assert out is not None
+        return out
 
     def decode(
         self,

@@ -11,7 +11,7 @@ from model.attention import KVCache
 from model.interaction import InteractionModel
 from model.positions import stack
 from model.session import SessionState
-from model.step import PREFILL_BUCKETS, bucketed, prefill_hidden, prefill_length
+from model.step import EAGER, PREFILL_BUCKETS, bucketed, length_groups, prefill_hidden, prefill_length
 from model.tokenizer import Tokenizer
 from tests.model.conftest import micro_config
 from tests.model.test_engine import session_inputs
@@ -53,6 +53,53 @@ def test_bucketed_prefill_equals_the_ragged_one(tokenizer: Tokenizer) -> None:
     torch.testing.assert_close(z.v[:, :, :, :n], a.v[:, :, :, :n], atol=1e-5, rtol=1e-5)
 
 
+def test_length_groups_put_each_chunk_with_its_bucket(tokenizer: Tokenizer) -> None:
+    cfg = micro_config()
+    chunks = [_chunk(cfg, tokenizer, i, k) for i, k in ((0, 1), (2, 2), (1, 1), (3, 1))]
+    groups = length_groups(chunks, cfg)
+    assert sorted(i for g in groups for i in g) == [0, 1, 2, 3]
+    buckets = [{prefill_length(chunks[i].shape[1], cfg.max_chunk) for i in g} for g in groups]
+    assert all(len(b) == 1 for b in buckets) and len(groups) > 1
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_prefill_in_length_groups_equals_one_padded_forward(tokenizer: Tokenizer, deterministic: bool) -> None:
+    """Eager prefill runs one forward per length bucket; each session's hidden states and cache
+    entries are those of one forward over the whole right-padded batch (bitwise in
+    deterministic mode, whose rows do not depend on the batch), with non-contiguous slots."""
+    cfg = micro_config(deterministic=deterministic)
+    torch.manual_seed(0)
+    model = InteractionModel(cfg).eval()
+    chunks = [_chunk(cfg, tokenizer, i, k) for i, k in ((0, 1), (2, 2), (1, 1), (3, 1))]
+    assert len(length_groups(chunks, cfg)) > 1
+    slot_ids = [4, 1, 2, 6]
+    caches = [KVCache.allocate(cfg, 8) for _ in range(2)]
+    lens = ([c.shape[1] for c in chunks], [c.shape[1] for c in chunks]) if deterministic else None
+    with torch.inference_mode():
+        slots = torch.tensor(slot_ids)
+        one = prefill_hidden(model, caches[0], slots, caches[0].rows(slot_ids), None, stack(chunks), lens)
+        grouped = EAGER.prefill(model, caches[1], slots, caches[1].rows(slot_ids), chunks, kv_len=None, lens=lens)
+    same = torch.testing.assert_close if not deterministic else _assert_equal
+    assert grouped.shape == one.shape
+    for b, c in enumerate(chunks):
+        same(grouped[b, : c.shape[1]], one[b, : c.shape[1]])
+    a, z = caches
+    n = a.cache_len
+    assert torch.equal(a.pos[:, :n], z.pos[:, :n])
+    same(z.k[:, :, :, :n], a.k[:, :, :, :n])
+    same(z.v[:, :, :, :n], a.v[:, :, :, :n])
+
+
+def _assert_equal(a: torch.Tensor, b: torch.Tensor) -> None:
+    assert torch.equal(a, b)
+
+
+def _chunk(cfg: Any, tokenizer: Tokenizer, session: int, turn: int) -> Any:
+    """session_inputs' turn 1 of s0 and s3 is audio alone, of s1 has typed text; turn 2 of s2 a frame and text."""
+    s = SessionState.new(cfg, tokenizer, f"s{session}", session, slot=session)
+    return s.prepare(session_inputs(session, 3)[turn], tokenizer)
+
+
 def test_deterministic_steps_hand_attention_the_lengths_it_would_read_back(
     tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -81,5 +128,8 @@ def test_deterministic_steps_hand_attention_the_lengths_it_would_read_back(
     for k in range(3):
         engine.step([session_inputs(i, 3)[k] for i in range(3)])
     P = engine.model.cfg.positions_per_turn
-    assert len(seen) == 3 * (1 + P)  # the prefill and P decode positions of each turn
-    assert len({tuple(q) for q, _ in seen[:: 1 + P]}) > 1  # ragged prefills were among them
+    decodes = [q for q, _ in seen if q == [1, 1, 1]]
+    prefills = [q for q, _ in seen if q != [1, 1, 1]]
+    assert len(decodes) == 3 * P  # P decode positions a turn, and each turn's prefill (per length group)
+    assert len(prefills) >= 3 and sum(len(q) for q in prefills) == 3 * 3
+    assert len({tuple(q) for q in prefills}) > 1  # ragged prefills were among them
