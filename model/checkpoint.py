@@ -1,4 +1,5 @@
-"""Checkpoint directories: `model.safetensors` + `config.json` + `tokenizer.json` + `manifest.json`.
+"""Checkpoint directories: `model.safetensors` + `config.json` + `tokenizer.json` + `manifest.json`,
+and optionally a trained vocoder (`vocoder.safetensors` + `vocoder.json`, model/neural_vocoder.py).
 
 The manifest records a SHA-256 per file so a truncated or bit-flipped download is caught
 at load time with an error that names the file, rather than as garbage audio in a call.
@@ -16,14 +17,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from model import neural_vocoder
 from model.config import ConfigError, GateConfig, ModelConfig, get_preset
 from model.interaction import InteractionModel
+from model.neural_vocoder import NeuralVocoder, VocoderError
 from model.tokenizer import Tokenizer, TokenizerError
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 MANIFEST = "manifest.json"
+VOCODER_FILES = (neural_vocoder.WEIGHTS, neural_vocoder.CONFIG)  # optional; with them sessions use it
 # Heads added after checkpoints were shipped; an older checkpoint loads with them zeroed and
 # unused (the turn head only acts when the config's gate sets `voice`).
 LATER_HEADS = ("turn_head.",)
@@ -41,6 +45,7 @@ class Checkpoint:
     tokenizer: Tokenizer
     source: str = ""  # the directory it came from, or "random:<preset>"
     trained: bool = True
+    vocoder: NeuralVocoder | None = None  # None: streaming Griffin-Lim (model/vocoder.py)
 
 
 def load_or_random(
@@ -70,7 +75,8 @@ def save_checkpoint(
     save_file(state, str(out / WEIGHTS), metadata={"format": str(FORMAT_VERSION)})
     (out / CONFIG).write_text(model.cfg.to_json() + "\n")
     tokenizer.save(out / TOKENIZER)
-    manifest = {"format": FORMAT_VERSION, "sha256": {f: _sha256(out / f) for f in (WEIGHTS, CONFIG, TOKENIZER)}}
+    files = (WEIGHTS, CONFIG, TOKENIZER, *(f for f in VOCODER_FILES if (out / f).is_file()))
+    manifest = {"format": FORMAT_VERSION, "sha256": {f: _sha256(out / f) for f in files}}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
@@ -99,12 +105,41 @@ def write_gate(path: str | Path, gate: GateConfig) -> ModelConfig:
     return cfg
 
 
+def write_vocoder(path: str | Path, net: NeuralVocoder) -> None:
+    """Ship a trained vocoder in a checkpoint directory and checksum it in the manifest. The
+    checkpoint must verify before and after."""
+    root = Path(path)
+    _verify_manifest(root)
+    net.vc.check_features(load_config(root))
+    neural_vocoder.save(root, net)
+    manifest = json.loads((root / MANIFEST).read_text())
+    manifest["sha256"].update({f: _sha256(root / f) for f in VOCODER_FILES})
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    _verify_manifest(root)
+
+
+def _load_vocoder(root: Path, cfg: ModelConfig, hashes: dict[str, str]) -> NeuralVocoder | None:
+    present = [f for f in VOCODER_FILES if (root / f).is_file()]
+    if not present:
+        return None
+    unlisted = [f for f in VOCODER_FILES if f not in hashes]
+    if unlisted:  # an unverified network would speak to every caller
+        raise CheckpointError(f"{root / unlisted[0]}: not listed in {MANIFEST} (ship it with write_vocoder)")
+    try:
+        net = neural_vocoder.load(root)
+        net.vc.check_features(cfg)
+    except VocoderError as e:
+        raise CheckpointError(str(e)) from e
+    return net
+
+
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
     root = Path(path)
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a checkpoint directory")
-    _verify_manifest(root)
+    hashes = _verify_manifest(root)
     cfg = load_config(root)
+    vocoder = _load_vocoder(root, cfg, hashes)
     try:
         tokenizer = Tokenizer.load(root / TOKENIZER)
     except TokenizerError as e:
@@ -141,10 +176,11 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
             parts.append(f"shape mismatch for {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)} from {CONFIG}")
         raise CheckpointError(f"{weights}: does not match {CONFIG}: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
-    return Checkpoint(config=cfg, model=model.eval(), tokenizer=tokenizer, source=str(root))
+    neural_vocoder.attach(cfg, vocoder)  # every session of this model speaks with it (SessionState.new)
+    return Checkpoint(config=cfg, model=model.eval(), tokenizer=tokenizer, source=str(root), vocoder=vocoder)
 
 
-def _verify_manifest(root: Path) -> None:
+def _verify_manifest(root: Path) -> dict[str, str]:
     file = root / MANIFEST
     if not file.is_file():
         raise CheckpointError(f"{file}: missing")
@@ -161,6 +197,7 @@ def _verify_manifest(root: Path) -> None:
             raise CheckpointError(f"{f}: missing")
         if _sha256(f) != digest:
             raise CheckpointError(f"{f}: checksum mismatch (corrupt or modified after saving)")
+    return hashes
 
 
 def _sha256(file: Path) -> str:

@@ -31,11 +31,11 @@ from model.config import MODEL_OUT, GateConfig, ModelConfig
 from model.dmel import DMelStream, quantize
 from model.gate import BatchGate
 from model.interaction import InteractionModel
+from model.neural_vocoder import Vocoder, new_vocoder, vocode_batch
 from model.positions import Positions, empty_patches, input_positions, output_position
 from model.step import EAGER, Steps
 from model.tokenizer import Tokenizer
 from model.vision import frame_to_patches
-from model.vocoder import StreamingGriffinLim, push_batch
 
 # Typed tokens that may wait for the model: one full-size client event (4096 bytes, at most one
 # byte-level token per byte) always fits, and at 32 tokens per turn it is read within ~26 s.
@@ -77,7 +77,7 @@ class SessionState:
     seed: int
     slot: int
     dmel: DMelStream
-    vocoder: StreamingGriffinLim
+    vocoder: Vocoder
     text_decoder: IncrementalDecoder
     caption_decoder: IncrementalDecoder
     last_bins: torch.Tensor  # (F, M) int64: the previous output position's mel, fed to the next
@@ -106,7 +106,7 @@ class SessionState:
             seed=seed,
             slot=slot,
             dmel=DMelStream(cfg),
-            vocoder=StreamingGriffinLim(cfg),
+            vocoder=new_vocoder(cfg),  # the checkpoint's trained vocoder if it ships one, else Griffin-Lim
             text_decoder=IncrementalDecoder(tokenizer),
             caption_decoder=IncrementalDecoder(tokenizer),
             last_token=tokenizer.pad_id,
@@ -174,13 +174,13 @@ class PendingAudio:
     overlaps the next model step instead of adding to it. A vocoder carries overlap state from
     one turn to the next: a session's turns must be run in order (one thread, FIFO)."""
 
-    vocoders: list[StreamingGriffinLim]
+    vocoders: list[Vocoder]
     mel: torch.Tensor  # (B, frames_per_turn, M) on the CPU
     outputs: list[MicroTurnOutput]  # audio and step_ms are filled in by `run`
 
     def run(self) -> None:
         t0 = time.perf_counter()
-        audio = push_batch(self.vocoders, self.mel).clamp(-1, 1).numpy().astype("<f4")  # (B, samples)
+        audio = vocode_batch(self.vocoders, self.mel).clamp(-1, 1).numpy().astype("<f4")  # (B, samples)
         ms = (time.perf_counter() - t0) * 1000
         for out, a in zip(self.outputs, audio, strict=True):
             out.audio = a.tobytes()
