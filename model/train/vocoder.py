@@ -276,7 +276,7 @@ def train(
             per = (time.perf_counter() - t_window) / log_every
             t_window = time.perf_counter()
             left = (1.0 - progress()) * (elapsed / max(progress(), 1e-9))
-            parts = " ".join(f"{k} {float(v):.4f}" for k, v in loss.items() if k != "total")
+            parts = " ".join(f"{k} {float(v.detach()):.4f}" for k, v in loss.items() if k != "total")
             say(
                 f"step {step} loss {sum(window) / len(window):.4f} ({parts}) lr {opt.param_groups[0]['lr']:.2e} "
                 f"{per:.2f} s/step elapsed {elapsed / 60:.1f} min ETA {left / 60:.1f} min"
