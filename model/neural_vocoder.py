@@ -382,8 +382,11 @@ def load(path: str | Path) -> NeuralVocoder:
 class Vocoder(Protocol):
     """What a session's audio out needs (StreamingGriffinLim and StreamingNeuralVocoder)."""
 
-    delay_samples: int
-    frames_seen: int
+    @property
+    def delay_samples(self) -> int: ...
+
+    @property
+    def frames_seen(self) -> int: ...
 
     def reset(self) -> None: ...
 
