@@ -1,7 +1,7 @@
 """Train the neural vocoder (model/neural_vocoder.py) on the assistant voice of the dialogues.
 
     python -m model.train.vocoder --data data/synth/train --out runs/vocoder --minutes 60 \\
-        [--steps N] [--preset tiny] [--clips 800] [--resume] [--log train.log]
+        [--steps N] [--preset tiny] [--clips 800] [--resume] [--log train.log] [--ship-to checkpoints/tiny]
 
 Data: channel 0 (the assistant) of each dialogue wav, around the spans where it speaks
 (alignments, speaker SPEAKER_MAIN) plus some silence on either side. Input = the exact
@@ -17,7 +17,8 @@ time-bounded run still anneals. One thread by default (`--threads`): the machine
 
 Writes `last.pt` (resumable), `best/` and `last/` (vocoder.safetensors + vocoder.json, the
 best by a fixed validation set without augmentation), and one log line every `--log-every`
-steps.
+steps. `--ship-to` then writes the best weights into a checkpoint directory (bf16, checksummed
+in its manifest: model/checkpoint.py `write_vocoder`); `--ship-only` does just that.
 """
 
 from __future__ import annotations
@@ -318,7 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--ship-to", type=Path, help="a checkpoint directory to ship the best weights in")
+    ap.add_argument("--ship-only", action="store_true", help="ship --out's best weights, do not train")
     args = ap.parse_args(argv)
+    if args.ship_only:
+        if args.ship_to is None:
+            ap.error("--ship-only needs --ship-to")
+        return ship(args.out, args.ship_to)
     if not args.minutes and not args.steps:
         ap.error("give --minutes or --steps")
     torch.set_num_threads(args.threads)
@@ -332,6 +339,15 @@ def main(argv: list[str] | None = None) -> int:
         frames=args.frames, warmup=args.warmup, lr=args.lr, seed=args.seed, log=args.log,
         log_every=args.log_every, eval_every=args.eval_every, resume=args.resume,
     )  # fmt: skip
+    return ship(args.out, args.ship_to) if args.ship_to is not None else 0
+
+
+def ship(out: Path, checkpoint: Path) -> int:
+    from model.checkpoint import write_vocoder
+    from model.neural_vocoder import load
+
+    write_vocoder(checkpoint, load(out / "best"))
+    print(f"shipped {out / 'best'} in {checkpoint}", file=sys.stderr)
     return 0
 
 
