@@ -10,6 +10,11 @@ STEP_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0),
 )
 BATCH_SIZE = Histogram("microturn_batch_size", "Sessions per step", buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+GATHER_SECONDS = Histogram(
+    "microturn_gather_seconds",
+    "Time a ready batch waited for other sessions' inputs due before the step would end",
+    buckets=(0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2),
+)
 ACTIVE_SESSIONS = Gauge("microturn_active_sessions", "Sessions open on this worker")
 GAP_STEPS = Counter("microturn_gap_steps_total", "Turns stepped with zero-filled input because input was late")
 STALE_INPUTS = Counter("microturn_stale_inputs_total", "Inputs dropped because their turn was already stepped")

@@ -1,13 +1,15 @@
 """The asyncio-facing worker: bus in, batched engine steps in a dedicated thread, bus out.
 
-Every session that has its next input ready joins the next batch. A session whose input is
-late (not there `late_ms` after it was due, or overtaken by a later turn) is stepped with a
-zero-filled input flagged `gap` so it never holds the batch back and its output stream never
-stalls; when the late input finally arrives it is dropped as stale. A session whose next input
-is further ahead than elapsed time explains (by more than `max_pending` turns: its turn
-numbers jumped, e.g. the sender restarted its RTP timestamps) skips straight to it instead of
-gap-stepping the missing turns one per pass: that would never catch up, and every real input
-would be dropped as stale.
+Every session that has its next input ready joins the next batch, and a ready batch waits a
+little (at most about a step's time) for the inputs due before that step would end, so calls
+that started at different phases of the turn share steps instead of each paying for its own
+(`_gather`). A session whose input is late (not there `late_ms` after it was due, or overtaken
+by a later turn) is stepped with a zero-filled input flagged `gap` so it never holds the batch
+back and its output stream never stalls; when the late input finally arrives it is dropped as
+stale. A session whose next input is further ahead than elapsed time explains (by more than
+`max_pending` turns: its turn numbers jumped, e.g. the sender restarted its RTP timestamps)
+skips straight to it instead of gap-stepping the missing turns one per pass: that would never
+catch up, and every real input would be dropped as stale.
 Turns are stepped strictly in order per session, so outputs are published in order, none
 lost or duplicated.
 
@@ -49,6 +51,7 @@ T = TypeVar("T")
 
 
 STOP_FLUSH_S = 5.0  # stop(): how long outputs of finished steps may take to be synthesized and sent
+_ESTIMATE_STEPS = 8  # recent steps whose mean time is the next step's estimate (gathering)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class WorkerSettings:
     late_ms: float = 120.0
     # after the first input wakes the loop, wait this long for other sessions' inputs to join
     gather_ms: float = 5.0
+    # and up to this long for a session whose next input is due before a step would end (the
+    # recent steps' mean time): it would wait for that step anyway, then cost one of its own
+    max_gather_ms: float = 150.0
     # inputs held per session ahead of the turn being stepped: when the engine falls behind, the
     # oldest are dropped (and gap-stepped) so a call stays current instead of drifting seconds late
     max_pending: int = 3
@@ -85,6 +91,7 @@ class Worker:
         self.bus = bus
         self.settings = settings or WorkerSettings()
         self.step_times: deque[float] = deque(maxlen=1000)  # seconds, most recent steps
+        self.gather_waits: deque[float] = deque(maxlen=1000)  # seconds a ready batch waited for more inputs
         self.behind = 0
         self.gap_steps = 0
         self.stale_inputs = 0
@@ -213,6 +220,37 @@ class Worker:
             batch.append(inp)
         return batch
 
+    def _due_within(self, deadline: float) -> list[_SessionQueue]:
+        """Sessions whose next input is not here yet but is due by `deadline`."""
+        sessions = self._sessions.values()
+        return [q for q in sessions if q.due is not None and q.due <= deadline and q.next_turn not in q.pending]
+
+    def step_estimate_s(self) -> float:
+        """What the next step should take: the mean of the last few (0 before any)."""
+        recent = list(self.step_times)[-_ESTIMATE_STEPS:]
+        return sum(recent) / len(recent) if recent else 0.0
+
+    async def _gather(self) -> None:
+        """Once an input is ready, wait for the inputs due before a step would end (at most
+        `max_gather_ms`). Calls start at random phases of the 200 ms turn: stepping each input
+        as it lands runs a batch of one per call, each paying the whole per-step cost, and past
+        a few calls the steps no longer fit in a turn. Waiting costs the early inputs at most a
+        step's time, which the late ones would have spent queued behind that step anyway; the
+        batches then line up by themselves as load grows (a longer step gathers more). With one
+        call, or a step faster than the spacing of the calls, nothing waits."""
+        if not any(q.next_turn in q.pending for q in self._sessions.values()):
+            return  # woken by a deadline: there is no ready input to hold back
+        wait_s = min(self.step_estimate_s(), self.settings.max_gather_ms / 1000)
+        deadline = time.monotonic() + wait_s
+        while self._due_within(deadline) and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
+            self._wake.clear()
+        waited = wait_s - max(0.0, deadline - time.monotonic())
+        self.gather_waits.append(waited)
+        metrics.GATHER_SECONDS.observe(waited)
+
     def _next_deadline(self) -> float | None:
         dues = [q.due for q in self._sessions.values() if q.due is not None]
         return min(dues) + self.settings.late_ms / 1000 if dues else None
@@ -229,6 +267,7 @@ class Worker:
             self._wake.clear()
             if self.settings.gather_ms > 0:
                 await asyncio.sleep(self.settings.gather_ms / 1000)
+            await self._gather()
             batch = self._form_batch(time.monotonic())
             if not batch:
                 continue

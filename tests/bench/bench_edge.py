@@ -19,6 +19,8 @@ and receiving the model's audio and events. For each N it prints `name: value` l
   (`microturn_step_seconds`), there even when no turn yields a latency event;
   realtime_ratio_N{n}: session-turns the engine stepped per call per 200 ms (1.0 = it keeps
   up with real time; below, turns are dropped and stepped as silence);
+  batch_size_mean_N{n}: sessions per step; gather_ms_mean_N{n}: how long a ready batch waited
+  for inputs due before its step would end (model/worker.py `_gather`);
   server_cpu_ms_per_session_turn_N{n}: the server's CPU per session-turn it stepped (edge
   included): the cost of a turn, comparable even when the engine is behind real time;
 - playout_underruns_N{n}: times a call's output track ran dry while playing (the model's
@@ -112,6 +114,8 @@ COUNTERS = {
 STEPS = "microturn_step_seconds_count"
 STEP_S = "microturn_step_seconds_sum"
 SESSION_TURNS = "microturn_batch_size_sum"  # every session-turn stepped, gap steps included
+GATHERS = "microturn_gather_seconds_count"
+GATHER_S = "microturn_gather_seconds_sum"
 TURNS_PER_S = 5.0  # 200 ms micro-turns
 PACKETS_PER_S = 50.0  # the server's output track: one 20 ms frame per packet
 
@@ -255,6 +259,8 @@ async def run_n(
         if delta(SESSION_TURNS)
         else float("nan"),
         "realtime_ratio": delta(SESSION_TURNS) / (TURNS_PER_S * call_s),
+        "batch_size_mean": delta(SESSION_TURNS) / delta(STEPS) if delta(STEPS) else float("nan"),
+        "gather_ms_mean": 1000 * delta(GATHER_S) / delta(GATHERS) if delta(GATHERS) else float("nan"),
         **{k: delta(name) for k, name in COUNTERS.items()},
         "rx_max_gap_ms": max(gaps) if gaps else float("nan"),
         "rx_lost_packets": float(lost) if cheap else float("nan"),

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -99,6 +100,60 @@ async def test_missing_input_is_gap_stepped_and_late_arrival_dropped(setup: tupl
     gaps = [o.turn for o in outs if o.gap]
     assert 3 in gaps and 0 not in gaps
     assert worker.stale_inputs >= 1  # the late turn-3 input was dropped, not stepped twice
+
+
+@pytest.mark.parametrize(
+    ("estimate_s", "max_gather_ms", "together"),
+    [
+        (0.6, 1000.0, True),  # the next input is due before a step would end: one batch
+        (0.0, 1000.0, False),  # no step has run yet (nothing to wait for): each steps at once
+        (10.0, 60.0, False),  # a step estimate beyond the cap waits only max_gather_ms
+    ],
+)
+async def test_a_ready_input_waits_for_inputs_due_before_its_step_would_end(
+    tokenizer: Tokenizer, estimate_s: float, max_gather_ms: float, together: bool
+) -> None:
+    """Two calls whose turns are 0.3 s out of phase: with steps slower than that they share one
+    step (the first input waits for the second), otherwise each input is stepped as it lands."""
+    torch.manual_seed(0)
+    engine = Engine(InteractionModel(micro_config()), tokenizer, max_sessions=2)
+    engine.warmup()
+    bus = MemoryBus()
+    # 600 ms turns, the calls 300 ms apart; late_ms long: nothing may be gap-stepped while the test paces it
+    settings = WorkerSettings(turn_ms=600.0, late_ms=5000.0, max_gather_ms=max_gather_ms)
+    worker = Worker(engine, bus, settings)
+    batches: list[list[str]] = []
+    step = worker._step
+
+    async def recording(batch: list[MicroTurnInput]) -> Any:
+        batches.append(sorted(i.session_id for i in batch))
+        return await step(batch)
+
+    worker._step = recording  # type: ignore[method-assign]
+    await worker.start()
+    try:
+        for sid in "ab":
+            await worker.open(sid)
+        collectors = [asyncio.create_task(collect(bus, sid, 2)) for sid in "ab"]
+        await asyncio.sleep(0)
+        for k in (0, 1):  # turn 0 sets when each call's next input is due; turn 1 is measured
+            if k == 1:
+                worker.step_times.clear()
+                worker.step_times.extend([estimate_s] * 8)
+            for sid in "ab":
+                inp = MicroTurnInput.from_arrays(audio(k), session_id=sid, turn=k)
+                await bus.publish_struct(keys.inputs("local"), inp)
+                await asyncio.sleep(0.3)
+        outs = await asyncio.wait_for(asyncio.gather(*collectors), 30)
+    finally:
+        await worker.stop()
+        await bus.close()
+    assert [[o.turn for o in o_s] for o_s in outs] == [[0, 1], [0, 1]]
+    assert not any(o.gap for o_s in outs for o in o_s)
+    turn1 = batches[-1:] if together else batches[-2:]
+    assert turn1 == ([["a", "b"]] if together else [["a"], ["b"]]), batches
+    if not together:
+        assert worker.gather_waits[-1] <= max(0.0, min(estimate_s, max_gather_ms / 1000)) + 0.05
 
 
 async def test_full_worker_refuses_and_close_frees(setup: tuple[Worker, MemoryBus]) -> None:
