@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     device: str = "cpu"
     max_sessions: int = Field(8, ge=1)
     deterministic: bool = False
+    # `microturn serve` runs the engine in a child process (model/engine_process.py): one
+    # interpreter each for the event loop and the model, so neither waits on the other's GIL.
+    # Off: the engine in a thread of the serving process (embedders, a debugger).
+    engine_process: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
     # Background tasks and results go over Redis (agents run as `microturn agent --redis URL`);

@@ -32,7 +32,7 @@ from model.attention import KVCache
 from model.config import BACKGROUND, USER_TEXT, ModelConfig
 from model.interaction import InteractionModel
 from model.positions import Positions, concat, input_positions, output_position
-from model.session import PendingAudio, SessionState, compute_batch, step_batch
+from model.session import AudioJob, SessionState, compute_batch, step_batch
 from model.step import Steps
 from model.tokenizer import Tokenizer
 from model.vision import frame_to_patches
@@ -68,7 +68,7 @@ class StepResult:
     failed: dict[str, str] = field(default_factory=dict)  # session_id -> why; these sessions are closed
     records: list[TurnRecord] = field(default_factory=list)  # with Engine.log_turns: one per output
     # with defer_audio: the outputs' synthesis, to run in order (their audio is empty until then)
-    audio: list[PendingAudio] = field(default_factory=list)
+    audio: list[AudioJob] = field(default_factory=list)
 
 
 def _reason(e: BaseException) -> str:
@@ -249,7 +249,7 @@ class Engine:
         return result
 
     def _run(
-        self, ready: list[tuple[SessionState, MicroTurnInput, Positions]], t0: float, audio: list[PendingAudio]
+        self, ready: list[tuple[SessionState, MicroTurnInput, Positions]], t0: float, audio: list[AudioJob]
     ) -> list[MicroTurnOutput]:
         """One batch's compute; appends its synthesis to `audio`."""
         if not ready:

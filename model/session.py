@@ -20,6 +20,7 @@ import time
 import unicodedata
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -164,6 +165,15 @@ def step_batch(
     outputs, audio = compute_batch(model, cache, tokenizer, states, inputs, chunks, t_start=t_start, step=step)
     audio.run()
     return outputs
+
+
+class AudioJob(Protocol):
+    """A step's synthesis still to run (in step order): `PendingAudio` in process, or the
+    engine process's (model/engine_process.py `RemoteAudio`)."""
+
+    outputs: list[MicroTurnOutput]
+
+    def run(self) -> None: ...
 
 
 @dataclass

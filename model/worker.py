@@ -44,7 +44,8 @@ from infra.bus import Bus, BusClosed, Subscription
 from infra.logging import get_logger
 from infra.messages import MicroTurnInput, MicroTurnOutput, TurnRecord
 from model.engine import Engine, StepResult
-from model.session import PendingAudio
+from model.engine_process import EngineProcess
+from model.session import AudioJob
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -80,7 +81,7 @@ class _SessionQueue:
 class Worker:
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | EngineProcess,
         bus: Bus,
         settings: WorkerSettings | None = None,
         on_records: Callable[[list[TurnRecord]], None] | None = None,
@@ -104,7 +105,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._vocoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder")
         # one step's outputs wait here while the next step computes; a slower vocoder holds the loop back
-        self._ready: asyncio.Queue[tuple[list[MicroTurnOutput], list[PendingAudio]]] = asyncio.Queue(maxsize=1)
+        self._ready: asyncio.Queue[tuple[list[MicroTurnOutput], list[AudioJob]]] = asyncio.Queue(maxsize=1)
         self._tasks: list[asyncio.Task[None]] = []
         self._turn_samples = engine.model.cfg.turn_samples
 
@@ -303,7 +304,7 @@ class Worker:
             if not sent:
                 return
 
-    async def _synthesize_and_send(self, outputs: list[MicroTurnOutput], audio: list[PendingAudio]) -> bool:
+    async def _synthesize_and_send(self, outputs: list[MicroTurnOutput], audio: list[AudioJob]) -> bool:
         """False when the bus is closed (nothing more can be sent)."""
         loop = asyncio.get_running_loop()
         for job in audio:

@@ -15,6 +15,7 @@ process never loads torch.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -107,6 +108,7 @@ async def drain(
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     from model.checkpoint import load_or_random
     from model.engine import Engine
+    from model.engine_process import EngineProcess
     from model.worker import Worker, WorkerSettings
 
     settings = app[SETTINGS]
@@ -123,8 +125,13 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         )
     else:
         log.info("model.loaded", checkpoint=ckpt.source)
-    engine = Engine(ckpt.model, ckpt.tokenizer, settings.max_sessions, deterministic=settings.deterministic)
-    await loop.run_in_executor(None, engine.warmup)
+    engine: Engine | EngineProcess
+    if settings.engine_process:
+        start = functools.partial(EngineProcess, ckpt.model, ckpt.tokenizer, settings.max_sessions)
+        engine = await loop.run_in_executor(None, functools.partial(start, deterministic=settings.deterministic))
+    else:
+        engine = Engine(ckpt.model, ckpt.tokenizer, settings.max_sessions, deterministic=settings.deterministic)
+        await loop.run_in_executor(None, engine.warmup)
     bus = MemoryBus()
     worker = Worker(engine, bus, WorkerSettings())
     await worker.start()
@@ -133,6 +140,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         background = app.get(BACKGROUND) or await agents.enter_async_context(background_agents(settings, bus))
     except BaseException:
         await worker.stop()
+        await _stop_engine(engine)
         raise
     for warning in exposure_warnings(settings):
         log.warning("serve.exposed", message=warning)
@@ -170,9 +178,17 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
             except Exception as e:  # the worker and bus must still stop
                 log.error("serve.agents_close_failed", error=repr(e))
             await worker.stop()
+            await _stop_engine(engine)
             await bus.close()
             memory.unfreeze_heap()
             log.info("serve.stopped")
+
+
+async def _stop_engine(engine: object) -> None:
+    from model.engine_process import EngineProcess
+
+    if isinstance(engine, EngineProcess):
+        await asyncio.get_running_loop().run_in_executor(None, engine.shutdown)
 
 
 def new_authenticator(settings: Settings) -> Authenticator:

@@ -23,6 +23,7 @@ from signaling.workers import WorkerPool
 if TYPE_CHECKING:
     from model.checkpoint import Checkpoint
     from model.engine import Engine
+    from model.engine_process import EngineProcess
     from model.worker import Worker
 
 
@@ -37,8 +38,9 @@ class Runtime:
     trained: bool
     model_source: str = ""  # where the weights came from (the status page)
     background: BackgroundClient | None = None  # the background agents' queue (signaling/background.py)
-    # `serve` only: the in-process engine and worker behind `workers` (None on an edge)
-    engine: Engine | None = None
+    # `serve` only: the engine (in its own process by default) and worker behind `workers`
+    # (None on an edge)
+    engine: Engine | EngineProcess | None = None
     worker: Worker | None = None
 
 

@@ -90,11 +90,18 @@ from tests.e2e.aiortc_client import Caller, encode_packets, read_wav, speech_wav
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU of a whole process (all threads) from /proc/<pid>/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+def cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """user + system CPU of a process (all threads), with `children` also of its live children
+    (the engine process `microturn serve` starts), from /proc/<pid>/stat."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # a process that exited meanwhile
+            continue
+        if stat.parent.name == str(pid) or (children and int(fields[1]) == pid):
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+    return total
 
 
 def free_port() -> int:
@@ -156,7 +163,7 @@ def serve_with_stub_model(step_ms: float, serve_args: list[str]) -> None:
 
 
 def start_server(
-    max_sessions: int, tmp: Path, *, stub: float | None, serve_args: list[str]
+    max_sessions: int, tmp: Path, *, stub: float | None, serve_args: list[str], engine_thread: bool = False
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`stub`: None = the model; else the echo stub's step time in ms."""
     port = free_port()
@@ -170,6 +177,9 @@ def start_server(
         "MICROTURN_ANONYMOUS_SLOT_SHARE": "1.0",
         "MICROTURN_RATE_LIMIT_PER_MIN": "10000",
         "MICROTURN_LOG_LEVEL": "warning",
+        # the echo stub replaces the engine's step in this process; the model runs in its own
+        # process unless --engine-thread asks for the worker's thread
+        "MICROTURN_ENGINE_PROCESS": "0" if stub is not None or engine_thread else "1",
     }
     cmd = (
         [sys.executable, "-m", "signaling.cli", "serve"]
@@ -217,9 +227,9 @@ async def run_n(
             rx_marks = [len(c.received.arrivals) for c in callers]
             lost_marks = [c.received.lost for c in callers]
             counts0 = await scrape(http, url)
-            cpu0, me0, t0 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.monotonic()
+            cpu0, me0, t0 = cpu_seconds(pid, children=True), cpu_seconds(os.getpid()), time.monotonic()
             await asyncio.sleep(seconds)
-            cpu1, me1, t1 = cpu_seconds(pid), cpu_seconds(os.getpid()), time.monotonic()
+            cpu1, me1, t1 = cpu_seconds(pid, children=True), cpu_seconds(os.getpid()), time.monotonic()
             rx_ends = [len(c.received.arrivals) for c in callers]
             counts1 = await scrape(http, url)
             lost = sum(c.received.lost - m for c, m in zip(callers, lost_marks, strict=True))
@@ -282,6 +292,9 @@ async def main() -> None:
     ap.add_argument("--no-model", action="store_true", help="skip the model rows")
     ap.add_argument("--stub-step-ms", type=float, default=0.0, help="the echo stub's step time (default 0)")
     ap.add_argument("--torch-threads", type=int, help="`microturn serve --torch-threads N` (default: serve's own)")
+    ap.add_argument(
+        "--engine-thread", action="store_true", help="the model in serve's own process (MICROTURN_ENGINE_PROCESS=0)"
+    )
     ap.add_argument("--load", choices=("encoded", "full"), default="encoded", help="cheap callers or real ones")
     ap.add_argument("--codec", choices=("opus", "pcmu"), default="opus", help="the callers' audio codec")
     args = ap.parse_args()
@@ -290,6 +303,7 @@ async def main() -> None:
     threads = torch_threads_for(available_cores(), args.torch_threads)
     print(f"cpus: {os.cpu_count()}")
     print(f"torch_threads: {threads} ({'flag' if args.torch_threads else 'serve default'})")
+    print(f"engine: {'thread of serve' if args.engine_thread else 'own process (serve default)'}")
     print(f"load: {args.load}")
     print(f"codec: {args.codec}")
     print(f"seconds_per_n: {args.seconds:g}")
@@ -298,7 +312,7 @@ async def main() -> None:
         audio = read_wav(speech_wav(tmp / "speech.wav", 6.0))
         packets = encode_packets(audio, args.codec) if args.load == "encoded" else None
         for stub in [x for x, skip in ((None, args.no_model), (args.stub_step_ms, args.no_stub)) if not skip]:
-            proc, url = start_server(max(ns), tmp, stub=stub, serve_args=serve_args)
+            proc, url = start_server(max(ns), tmp, stub=stub, serve_args=serve_args, engine_thread=args.engine_thread)
             try:
                 for n in ns:
                     res = await run_n(url, proc.pid, n, args.seconds, audio, codec=args.codec, packets=packets)

@@ -57,8 +57,10 @@ async def test_a_session_whose_step_raises_ends_its_call_as_engine_error(
     http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The failing call hears `engine_error` and ends; the call batched with it keeps getting
-    model audio and events (it used to go silent with it)."""
-    async with running_edge(edge_settings()) as edge:
+    model audio and events (it used to go silent with it). The engine runs in serve's process
+    here, where the poisoned `prepare` is patched (tests/model/test_engine_process.py covers a
+    failing session in the engine process)."""
+    async with running_edge(edge_settings(engine_process=False)) as edge:
         good = await connected_caller(edge.url, http)
         bad = await connected_caller(edge.url, http)
         real_prepare = SessionState.prepare

@@ -215,6 +215,7 @@ async def test_a_session_whose_step_raises_is_closed_and_its_batch_keeps_going(
     for sid in ("good-1", "bad", "good-2"):
         await worker.open(sid)
     if where == "prepare":  # the session's own input handling raises
+        assert isinstance(worker.engine, Engine)
         bad_state = worker.engine.session("bad")
         real_prepare = SessionState.prepare
 

@@ -1,0 +1,305 @@
+"""An Engine in a process of its own: what `microturn serve` runs by default.
+
+Why a process and not the worker's thread: the engine thread and the event loop (aiohttp,
+aiortc: RTP, SRTP, jitter buffers, codecs' Python side) share one interpreter. Every torch op
+releases the GIL while it computes and must take it back to return; a step is about a thousand
+small ops, and while the loop runs Python each of them waits for the loop to let go of the GIL
+(the convoy effect: an interpreter switch is only forced after `sys.getswitchinterval()`).
+Alone on a core a step takes what the engine bench says; next to a busy loop it took several
+times that (tests/bench/bench_gil.py measures both side by side). In its own process the engine
+has an interpreter of its own, and the edge's loop has one too.
+
+`EngineProcess` is the part of `Engine`'s surface the worker uses (model/worker.py): open,
+close, restore, step_isolated with deferred audio, `in`, stats. The worker calls it from its
+one engine thread, as it calls an `Engine`; each call is one request and one reply over a
+pipe. The child runs the step's synthesis on a vocoder thread of its own while it computes
+the next step (as the worker does in-process) and sends each job's audio over a second pipe;
+`RemoteAudio.run`, which the worker's publisher calls in step order, waits for it. What
+crosses the pipes is the inputs (200 ms of audio, a frame) and the outputs (text, 200 ms of
+audio): a few tens of KB per session and turn.
+
+The child dies with its parent (daemon, and a closed pipe ends its loop); a child that dies
+first fails every later call with `EngineProcessError`, which the worker reports like any
+failing step (a stalled engine on /readyz).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+import torch.multiprocessing as tmp
+
+from infra.messages import MicroTurnInput, MicroTurnOutput, TurnRecord
+from model.engine import CapacityError, Engine, EngineStats, StepResult, UnknownSession
+from model.interaction import InteractionModel
+from model.neural_vocoder import NeuralVocoder, attach, attached
+from model.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 300.0  # importing torch and warming up a model on a loaded machine
+STOP_TIMEOUT_S = 10.0
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process is gone (or never started)."""
+
+
+@dataclass
+class RemoteAudio:
+    """One synthesis job the child runs after a step: fills in its outputs' audio when run."""
+
+    engine: EngineProcess
+    job_id: int
+    outputs: list[MicroTurnOutput] = field(default_factory=list)
+
+    def run(self) -> None:
+        self.engine._receive_audio(self)
+
+
+class EngineProcess:
+    """An `Engine` in a child process; see the module docstring."""
+
+    def __init__(
+        self,
+        model: InteractionModel,
+        tokenizer: Tokenizer,
+        max_sessions: int,
+        *,
+        deterministic: bool | None = None,
+        torch_threads: int | None = None,
+        start_timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
+        self.model = model  # the worker reads the config; the child has its own copy
+        self.max_sessions = max_sessions
+        self.log_turns = False  # the failover log is the Redis worker's (model/service.py), not serve's
+        self._sessions: set[str] = set()  # mirrors the child's: read from the event loop without a round trip
+        self._lock = threading.Lock()  # one request in flight
+        self._audio_lock = threading.Lock()
+        self._early: dict[int, tuple[list[bytes] | None, list[float] | None, str | None]] = {}
+        self._dead: str | None = None
+        ctx = tmp.get_context("spawn")  # never fork a process that holds OpenMP and BLAS threads
+        self._conn, child_conn = ctx.Pipe()
+        self._audio, child_audio = ctx.Pipe(duplex=False)
+        threads = torch_threads or torch.get_num_threads()
+        self._proc = ctx.Process(
+            target=_child_main,
+            # the trained vocoder is attached to the config object (model/neural_vocoder.py); the
+            # child's unpickled config is another object, so it is handed over and attached there
+            args=(child_conn, child_audio, model, attached(model.cfg), tokenizer, max_sessions, deterministic, threads),
+            name="microturn-engine",
+            daemon=True,
+        )
+        self._proc.start()
+        child_conn.close()  # ours are the only ends left: the child's exit shows as EOF
+        child_audio.close()
+        if not self._conn.poll(start_timeout_s):
+            self.shutdown()
+            raise EngineProcessError(f"engine process did not start within {start_timeout_s:.0f} s")
+        try:
+            status, detail = self._conn.recv()
+        except EOFError:
+            self._proc.join(STOP_TIMEOUT_S)
+            raise EngineProcessError(f"engine process exited at start (code {self._proc.exitcode})") from None
+        if status != "ready":
+            self.shutdown()
+            raise EngineProcessError(f"engine process failed to start: {detail}")
+        self.decode_step: str = detail
+        self.pid: int = self._proc.pid or 0  # started: the OS gave it one
+        log.info("engine process %s started: %d slots, decode step %s", self.pid, max_sessions, detail)
+
+    # the Engine surface the worker uses -------------------------------------------------------
+    def open(self, session_id: str, seed: int = 0) -> None:
+        self._request("open", session_id, seed)
+        self._sessions.add(session_id)
+
+    def close(self, session_id: str) -> None:
+        try:
+            self._request("close", session_id)
+        finally:
+            self._sessions.discard(session_id)
+
+    def restore(self, session_id: str, seed: int, records: list[TurnRecord]) -> None:
+        self._request("restore", session_id, seed, records)
+        self._sessions.add(session_id)
+
+    def step_isolated(self, inputs: list[MicroTurnInput], *, defer_audio: bool = False) -> StepResult:
+        outputs, failed, records, jobs = self._request("step", inputs)
+        for sid in failed:
+            self._sessions.discard(sid)  # the child's engine closed them
+        audio = [RemoteAudio(self, job_id, [outputs[i] for i in idx]) for job_id, idx in jobs]
+        result = StepResult(outputs=outputs, failed=failed, records=records, audio=list(audio))
+        if not defer_audio:
+            for job in audio:
+                job.run()
+            result.audio = []
+        return result
+
+    def warmup(self) -> None:
+        """The child warmed its engine up before it reported ready."""
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._sessions
+
+    def stats(self) -> EngineStats:
+        return EngineStats(max_sessions=self.max_sessions, active=len(self._sessions))
+
+    def shutdown(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+        """Stop the child (it finishes the request in flight), then release the pipes."""
+        with self._lock:
+            if self._proc.is_alive():
+                with contextlib.suppress(OSError, EOFError):
+                    self._conn.send(("stop", ()))
+                self._drain_audio(timeout_s)  # a child blocked sending audio no one ran could not stop
+                self._proc.join(timeout_s)
+                if self._proc.is_alive():
+                    log.warning("engine process %s did not stop in %.0f s: terminated", self._proc.pid, timeout_s)
+                    self._proc.terminate()
+                    self._proc.join(timeout_s)
+            self._dead = self._dead or "stopped"
+            self._conn.close()
+            self._audio.close()
+
+    # plumbing ------------------------------------------------------------------------------
+    def _drain_audio(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._audio_lock:
+            while self._proc.is_alive() and time.monotonic() < deadline:
+                try:
+                    if self._audio.poll(0.05):
+                        self._audio.recv()
+                except (EOFError, OSError):
+                    return
+
+    def _request(self, op: str, *args: object) -> Any:
+        with self._lock:
+            if self._dead is not None:
+                raise EngineProcessError(f"engine process is gone ({self._dead})")
+            try:
+                self._conn.send((op, args))
+                reply = self._conn.recv()
+            except (EOFError, OSError) as e:
+                self._proc.join(1.0)
+                self._dead = f"exited with code {self._proc.exitcode}"
+                raise EngineProcessError(f"engine process {self._dead}") from e
+        if reply[0] == "ok":
+            return reply[1]
+        _, kind, message = reply
+        if kind == "CapacityError":
+            raise CapacityError(self.max_sessions)
+        if kind == "UnknownSession":
+            raise UnknownSession(message)
+        if kind == "ValueError":
+            raise ValueError(message)
+        raise RuntimeError(f"{kind}: {message}")
+
+    def _receive_audio(self, job: RemoteAudio) -> None:
+        """Jobs are run in step order and the child sends them in that order; a job whose run
+        was skipped (its step's outputs were dropped) is passed over."""
+        with self._audio_lock:
+            entry = self._early.pop(job.job_id, None)
+            while entry is None:
+                try:
+                    job_id, audio, step_ms, error = self._audio.recv()
+                except (EOFError, OSError) as e:
+                    raise EngineProcessError("engine process is gone: no audio for its last step") from e
+                if job_id == job.job_id:
+                    entry = (audio, step_ms, error)
+                elif job_id > job.job_id:
+                    self._early[job_id] = (audio, step_ms, error)
+        audio, step_ms, error = entry
+        if error is not None or audio is None or step_ms is None:
+            raise RuntimeError(f"engine process: synthesis failed: {error}")
+        for out, a, ms in zip(job.outputs, audio, step_ms, strict=True):
+            out.audio = a
+            out.step_ms = ms
+
+
+def _child_main(
+    conn: Connection,
+    audio_conn: Connection,
+    model: InteractionModel,
+    vocoder: NeuralVocoder | None,
+    tokenizer: Tokenizer,
+    max_sessions: int,
+    deterministic: bool | None,
+    threads: int,
+) -> None:
+    torch.set_num_threads(threads)
+    try:
+        attach(model.cfg, vocoder)
+        engine = Engine(model, tokenizer, max_sessions, deterministic=deterministic)
+        engine.warmup()
+    except Exception as e:
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", engine.decode_step))
+    # one step's audio queued while the next computes, as the in-process worker does
+    jobs: queue.Queue[tuple[int, Any] | None] = queue.Queue(maxsize=1)
+
+    def vocode() -> None:
+        while (item := jobs.get()) is not None:
+            job_id, job = item
+            try:
+                job.run()
+                audio_conn.send((job_id, [o.audio for o in job.outputs], [o.step_ms for o in job.outputs], None))
+            except (BrokenPipeError, EOFError):
+                return  # the parent is gone
+            except Exception as e:
+                audio_conn.send((job_id, None, None, f"{type(e).__name__}: {e}"))
+
+    synth = threading.Thread(target=vocode, name="vocoder", daemon=True)
+    synth.start()
+    next_job = 0
+    try:
+        while True:
+            try:
+                op, args = conn.recv()
+            except (EOFError, OSError):
+                break  # the parent is gone
+            if op == "stop":
+                break
+            try:
+                value = _handle(engine, op, args)
+                if op == "step":
+                    result: StepResult = value
+                    ids = []
+                    for job in result.audio:
+                        where = {id(o): i for i, o in enumerate(result.outputs)}
+                        ids.append((next_job, [where[id(o)] for o in job.outputs]))
+                        jobs.put((next_job, job))  # waits while the vocoder is a step behind
+                        next_job += 1
+                    value = (result.outputs, result.failed, result.records, ids)
+                reply: tuple[object, ...] = ("ok", value)
+            except Exception as e:
+                reply = ("err", type(e).__name__, e.args[0] if isinstance(e, KeyError) and e.args else str(e))
+            try:
+                conn.send(reply)
+            except (BrokenPipeError, OSError):
+                break
+    finally:
+        jobs.put(None)
+        synth.join(STOP_TIMEOUT_S)
+
+
+def _handle(engine: Engine, op: str, args: tuple[Any, ...]) -> Any:
+    if op == "open":
+        return engine.open(*args)
+    if op == "close":
+        return engine.close(*args)
+    if op == "restore":
+        engine.restore(*args)
+        return None
+    if op == "step":
+        return engine.step_isolated(args[0], defer_audio=True)
+    raise ValueError(f"engine process: unknown request {op!r}")
