@@ -55,7 +55,13 @@ class FlowHead(nn.Module):
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x: (N, mel_dim) at flow time t: (N,), cond: (N, D) -> predicted velocity (N, mel_dim)."""
-        c = self.cond_proj(cond) + self.t_proj(sinusoidal(t, self.cfg.time_embed_dim, 1e-3, 10.0))
+        return self._velocity(x, self.condition(cond, t))
+
+    def condition(self, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The AdaLN condition (..., W) of `cond` (..., D) at flow times t (...,)."""
+        return self.cond_proj(cond) + self.t_proj(sinusoidal(t, self.cfg.time_embed_dim, 1e-3, 10.0))
+
+    def _velocity(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         h = self.in_proj(x)
         for block in self.blocks:
             h = block(h, c)
@@ -70,9 +76,11 @@ class FlowHead(nn.Module):
     @torch.no_grad()
     def sample(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Euler integration from x0 = noise (N, mel_dim) at t=0 to t=1."""
+        n, N = self.cfg.flow_steps, noise.shape[0]
+        # every step's condition at once: it depends on cond and the step's time, not on x
+        t = (torch.arange(n, device=noise.device, dtype=torch.float32) / n)[:, None].expand(n, N)
+        c = self.condition(cond.expand(n, *cond.shape), t)  # (n, N, W)
         x = noise
-        n = self.cfg.flow_steps
         for i in range(n):
-            t = torch.full((x.shape[0],), i / n, device=x.device)
-            x = x + self.velocity(x, t, cond) / n
+            x = x + self._velocity(x, c[i]) / n
         return x

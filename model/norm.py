@@ -40,6 +40,8 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.batch_invariant and x.is_cuda:
             return rms_norm(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view_as(x)
+        if not self.batch_invariant and x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one op: ~8 fewer dispatches
         xf = x.float()
         mean_sq = row_sum(xf * xf) / x.shape[-1] if self.batch_invariant else xf.pow(2).mean(-1, keepdim=True)
         return (xf * torch.rsqrt(mean_sq + self.eps)).type_as(x) * self.weight
