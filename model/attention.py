@@ -345,8 +345,16 @@ class Attention(nn.Module):
                 )
             else:
                 n = ctx.kpos.shape[1]
-                k_all, v_all = k_cache[ctx.rows, :, :n], v_cache[ctx.rows, :, :n]
-                y = attend(q, k_all, v_all, pos, ctx.kpos, valid, n_sinks, window, mask)
+                if mask is None:
+                    mask = gqa_mask(pos, ctx.kpos, valid, n_sinks, window, self.n_heads // self.n_kv)
+                # each run of consecutive slots reads its cache rows as a view: indexing scattered
+                # slots would copy their whole window, layer after layer
+                parts = [
+                    attend(q[i:j], k_cache[a:b, :, :n], v_cache[a:b, :, :n], pos[i:j], ctx.kpos[i:j],
+                           valid[i:j], n_sinks, window, mask[i:j])
+                    for (i, j), (a, b) in ctx.runs
+                ]  # fmt: skip
+                y = parts[0] if len(parts) == 1 else torch.cat(parts)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
@@ -364,6 +372,18 @@ class CacheContext:
     q_lens: list[int] | None = None  # per session: real chunk positions (batch-invariant mode)
     kv_lens: list[int] | None = None  # per session: cache entries its attention reads (idem)
     plan: SessionPlan | None = None  # built by the first batch-invariant layer, shared by the rest
+
+    @property
+    def runs(self) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """The batch as runs of consecutive cache slots: ((first row, end row), (first slot,
+        end slot)) each. One run when the slots are contiguous (the engine keeps them packed)."""
+        out: list[tuple[tuple[int, int], tuple[int, int]]] = []
+        start = 0
+        for i in range(1, len(self.slot_ids) + 1):
+            if i == len(self.slot_ids) or self.slot_ids[i] != self.slot_ids[i - 1] + 1:
+                out.append(((start, i), (self.slot_ids[start], self.slot_ids[i - 1] + 1)))
+                start = i
+        return out
 
     @classmethod
     def begin(

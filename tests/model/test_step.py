@@ -90,6 +90,33 @@ def test_prefill_in_length_groups_equals_one_padded_forward(tokenizer: Tokenizer
     same(z.v[:, :, :, :n], a.v[:, :, :, :n])
 
 
+def test_sessions_in_scattered_slots_attend_as_in_packed_ones(tokenizer: Tokenizer) -> None:
+    """Attention reads each run of consecutive slots as a view of the cache (no copy): sessions
+    in slots 5, 1, 2, 7 (three runs) get the hidden states they get in slots 0-3, over two
+    chunks so the second reads what the first wrote."""
+    cfg = micro_config()
+    torch.manual_seed(0)
+    model = InteractionModel(cfg).eval()
+    turns = [[_chunk(cfg, tokenizer, i, k) for i in range(4)] for k in (0, 1)]
+    hidden = []
+    for slot_ids in ([0, 1, 2, 3], [5, 1, 2, 7]):
+        cache = KVCache.allocate(cfg, 8)
+        with torch.inference_mode():
+            for chunks in turns:
+                # the second turn's chunks start where the first ended
+                start = [0] * 4 if chunks is turns[0] else [c.shape[1] for c in turns[0]]
+                p = stack([_shifted(c, s) for c, s in zip(chunks, start, strict=True)])
+                h = prefill_hidden(model, cache, torch.tensor(slot_ids), cache.rows(slot_ids), None, p)
+        hidden.append(h)
+    torch.testing.assert_close(hidden[1], hidden[0], atol=1e-5, rtol=1e-5)
+
+
+def _shifted(c: Any, start: int) -> Any:
+    from dataclasses import replace
+
+    return replace(c, pos=c.pos - c.pos[:, :1] + start)
+
+
 def _assert_equal(a: torch.Tensor, b: torch.Tensor) -> None:
     assert torch.equal(a, b)
 
