@@ -17,6 +17,8 @@ Prints `name: value` lines:
 - tml_small_layer_ms_B32: one decode position through one tml-small-shaped layer (attention over
   2048 cached entries, MoE with 32 of the 256 experts resident so it fits in RAM, bf16) for 32
   sessions: a scale check of this CPU, not a target;
+- step_ms_B32_full_window, full_window_cost_B32: 32 sessions whose attention window is full
+  (a call older than ~26 s; the rows above step sessions a few turns old), and over step_ms_B32;
 - deterministic_cost_B16: batch-invariant mode step time over normal mode;
 - append_speedup_full_window: re-prefilling the whole window every micro-turn (one cache-less
   forward over `window` positions, then the turn) over streaming append, with the window full.
@@ -44,7 +46,7 @@ from model.config import ModelConfig, get_preset
 from model.engine import Engine
 from model.interaction import Block, InteractionModel
 from model.positions import concat
-from model.session import InteractionSession, PendingAudio
+from model.session import AudioJob, InteractionSession
 from model.tokenizer import Tokenizer
 
 RS = np.random.RandomState(0)
@@ -65,13 +67,25 @@ def inputs(sids: list[str], turn: int) -> list[MicroTurnInput]:
 
 
 def time_steps(engine: Engine, B: int, repeats: int, one_at_a_time: bool = False, pipelined: bool = True) -> float:
-    """Median ms per micro-turn for B sessions. `pipelined`: as model/worker.py runs it, the
-    vocoder on a thread of its own taking each step's audio while the next step computes (a
+    """Median ms per micro-turn for B fresh sessions. `pipelined`: as model/worker.py runs it,
+    the vocoder on a thread of its own taking each step's audio while the next step computes (a
     turn then costs the slower of the two); otherwise the vocoder runs inside the step."""
     sids = [f"s{i}" for i in range(B)]
     for sid in sids:
         engine.open(sid)
-    jobs: queue.Queue[list[PendingAudio] | None] = queue.Queue(maxsize=1)  # the worker's one-step queue
+    try:
+        return time_open_sessions(engine, sids, repeats, one_at_a_time=one_at_a_time, pipelined=pipelined)
+    finally:
+        for sid in sids:
+            engine.close(sid)
+
+
+def time_open_sessions(
+    engine: Engine, sids: list[str], repeats: int, *, first_turn: int = 0, one_at_a_time: bool = False,
+    pipelined: bool = True,
+) -> float:  # fmt: skip
+    """`time_steps` for sessions already open (`first_turn`: their next turn number)."""
+    jobs: queue.Queue[list[AudioJob] | None] = queue.Queue(maxsize=1)  # the worker's one-step queue
 
     def vocoder() -> None:
         while (batch := jobs.get()) is not None:
@@ -81,17 +95,15 @@ def time_steps(engine: Engine, B: int, repeats: int, one_at_a_time: bool = False
     thread = threading.Thread(target=vocoder, name="vocoder")
     thread.start()
     times = []
-    for k in range(repeats + 2):
+    for k in range(first_turn, first_turn + repeats + 2):
         batch = inputs(sids, k)
         t0 = time.perf_counter()
         for group in [[inp] for inp in batch] if one_at_a_time else [batch]:
             jobs.put(engine.step_isolated(group, defer_audio=pipelined).audio)  # waits while the vocoder is behind
-        if k >= 2:
+        if k >= first_turn + 2:
             times.append(time.perf_counter() - t0)
     jobs.put(None)
     thread.join()
-    for sid in sids:
-        engine.close(sid)
     return statistics.median(times) * 1000
 
 
@@ -138,6 +150,21 @@ def main() -> None:
         serial = time_steps(engine, B, max(1, args.repeats // 2), one_at_a_time=True)
         print(f"step_ms_B{B}_one_at_a_time: {serial:.1f}")
         print(f"batched_speedup_B{B}: {serial / step[B]:.2f}")
+
+    # the rows above step young sessions (a few turns old: short attention); a call fills its
+    # window (1024 positions, ~26 s) and then every step attends over all of it
+    sids = [f"old{i}" for i in range(32)]
+    for sid in sids:
+        engine.open(sid)
+    k = 0
+    while engine.session(sids[0]).next_pos < cfg.window + cfg.n_sinks + 8:
+        engine.step_isolated(inputs(sids, k))
+        k += 1
+    full = time_open_sessions(engine, sids, args.repeats, first_turn=k)
+    for sid in sids:
+        engine.close(sid)
+    print(f"step_ms_B32_full_window: {full:.1f}")
+    print(f"full_window_cost_B32: {full / step[32]:.2f}")
 
     det = Engine(model, tok, max_sessions=16, deterministic=True)
     det_ms = time_steps(det, 16, args.repeats)
