@@ -15,6 +15,8 @@ lost or duplicated.
 
 The engine runs in one dedicated thread (the event loop never blocks on model compute); open
 and close go through the same thread, so they serialize with steps without extra locking.
+`microturn serve` puts the engine itself in a child process (model/engine_process.py), which
+that thread drives over a pipe: the model then never waits on the event loop's GIL.
 The vocoder runs in a second thread: a step's outputs go to the publisher (a queue of one
 step), which synthesizes their audio there and publishes them, while the engine thread already
 computes the next step. Griffin-Lim overlaps the model instead of adding to it; one publisher
