@@ -9,6 +9,8 @@ Prints `name: value` lines:
   step instead (as before it had a thread), and the ratio;
 - max_sessions_within_100ms: the largest B whose step stays under 100 ms (half a micro-turn:
   the sessions one CPU worker serves in real time with margin);
+- torch_calls_per_step_B32: torch functions and tensor methods one B=32 step calls from Python
+  (its dispatch count, the same on a busy machine or a quiet one);
 - batched_speedup_B{16,32}: B sessions stepped one at a time (the one-conversation-at-a-time
   server, its vocoder pipelined the same way) over the same B stepped as one batch;
 - decode_step: which steps the engine runs (eager, or prefill and decode compiled with --compile);
@@ -34,9 +36,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -145,6 +149,7 @@ def main() -> None:
             break
         best = B
     print(f"max_sessions_within_100ms: {best}")
+    print(f"torch_calls_per_step_B32: {torch_calls_per_step(engine, 32)}")
 
     for B in (16, 32):
         serial = time_steps(engine, B, max(1, args.repeats // 2), one_at_a_time=True)
@@ -197,6 +202,34 @@ def main() -> None:
     print(f"step_ms_reprefill_full_window: {r:.1f}")
     print(f"append_speedup_full_window: {r / a:.2f}")
     print(f"tml_small_layer_ms_B32: {tml_small_layer_ms(args.device, args.repeats):.1f}")
+
+
+def torch_calls_per_step(engine: Engine, B: int) -> int:
+    """Torch functions and tensor methods called from Python in one step of B sessions (its
+    dispatch count: on a CPU at small batch each costs more than its arithmetic; a figure that
+    does not depend on how busy the machine is)."""
+
+    class Count(TorchFunctionMode):
+        calls = 0
+
+        def __torch_function__(
+            self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        ) -> Any:
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    sids = [f"c{i}" for i in range(B)]
+    for sid in sids:
+        engine.open(sid)
+    try:
+        for k in range(3):
+            engine.step_isolated(inputs(sids, k))
+        with Count():
+            engine.step_isolated(inputs(sids, 3), defer_audio=True)
+    finally:
+        for sid in sids:
+            engine.close(sid)
+    return Count.calls
 
 
 def kv_bytes_per_session(cfg: ModelConfig, dtype: torch.dtype) -> int:
