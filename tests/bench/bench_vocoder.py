@@ -14,6 +14,7 @@ cost does not depend on the weights).
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -61,8 +62,8 @@ def main() -> int:
         mel = cfg.log_mel_min + torch.rand(B, cfg.frames_per_turn, cfg.n_mels, generator=gen) * 6.0
         gl = [StreamingGriffinLim(cfg) for _ in range(B)]
         nv = [StreamingNeuralVocoder(cfg, net) for _ in range(B)]
-        g_ms = timed(lambda gl=gl, mel=mel: griffin_push(gl, mel), args.repeats)
-        n_ms = timed(lambda nv=nv, mel=mel: neural_push(nv, mel), args.repeats)
+        g_ms = timed(functools.partial(griffin_push, gl, mel), args.repeats)
+        n_ms = timed(functools.partial(neural_push, nv, mel), args.repeats)
         print(f"griffin_lim_ms_B{B}: {g_ms:.2f}")
         print(f"neural_ms_B{B}: {n_ms:.2f}")
         print(f"neural_over_griffin_lim_B{B}: {n_ms / g_ms:.3f}")
