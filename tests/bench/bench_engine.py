@@ -9,6 +9,9 @@ Prints `name: value` lines:
   step instead (as before it had a thread), and the ratio;
 - max_sessions_within_100ms: the largest B whose step stays under 100 ms (half a micro-turn:
   the sessions one CPU worker serves in real time with margin);
+- step_ms_B32_prefill_one_forward, prefill_groups_speedup_B32: the prefill as one forward padded
+  to the longest chunk against one forward per length bucket (model/step.py `length_groups`),
+  alternated step by step;
 - torch_calls_per_step_B32: torch functions and tensor methods one B=32 step calls from Python
   (its dispatch count, the same on a busy machine or a quiet one);
 - batched_speedup_B{16,32}: B sessions stepped one at a time (the one-conversation-at-a-time
@@ -44,12 +47,13 @@ from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import model.step as step_mod
 from infra.messages import MicroTurnInput
 from model.attention import CacheContext, KVCache, rope_angles
 from model.config import ModelConfig, get_preset
 from model.engine import Engine
 from model.interaction import Block, InteractionModel
-from model.positions import concat
+from model.positions import Positions, concat
 from model.session import AudioJob, InteractionSession
 from model.tokenizer import Tokenizer
 
@@ -150,6 +154,9 @@ def main() -> None:
         best = B
     print(f"max_sessions_within_100ms: {best}")
     print(f"torch_calls_per_step_B32: {torch_calls_per_step(engine, 32)}")
+    grouped, one = prefill_groups_ab(engine, 32, args.repeats * 2)
+    print(f"step_ms_B32_prefill_one_forward: {one:.1f}")
+    print(f"prefill_groups_speedup_B32: {one / grouped:.2f}")
 
     for B in (16, 32):
         serial = time_steps(engine, B, max(1, args.repeats // 2), one_at_a_time=True)
@@ -202,6 +209,33 @@ def main() -> None:
     print(f"step_ms_reprefill_full_window: {r:.1f}")
     print(f"append_speedup_full_window: {r / a:.2f}")
     print(f"tml_small_layer_ms_B32: {tml_small_layer_ms(args.device, args.repeats):.1f}")
+
+
+def prefill_groups_ab(engine: Engine, B: int, repeats: int) -> tuple[float, float]:
+    """Median step ms of B sessions with the prefill in length groups and as one padded forward,
+    the two alternated step by step in this process (so the machine's drift hits both alike)."""
+    real = step_mod.length_groups
+
+    def one(chunks: list[Positions], cfg: ModelConfig) -> list[list[int]]:
+        return [list(range(len(chunks)))]
+
+    sids = [f"g{i}" for i in range(B)]
+    for sid in sids:
+        engine.open(sid)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for k in range(2 * (repeats + 1)):
+            grouped = k % 2 == 0
+            step_mod.length_groups = real if grouped else one
+            t0 = time.perf_counter()
+            engine.step_isolated(inputs(sids, k), defer_audio=True)
+            if k >= 2:
+                times[grouped].append(time.perf_counter() - t0)
+    finally:
+        step_mod.length_groups = real
+        for sid in sids:
+            engine.close(sid)
+    return statistics.median(times[True]) * 1000, statistics.median(times[False]) * 1000
 
 
 def torch_calls_per_step(engine: Engine, B: int) -> int:
