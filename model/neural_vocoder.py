@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from model.config import ModelConfig
 from model.dmel import mel_to_unit
 from model.linear import per_item_matmul
+from model.vocoder import StreamingGriffinLim, check_logmel
 
 WEIGHTS = "vocoder.safetensors"
 CONFIG = "vocoder.json"
@@ -252,20 +253,10 @@ def _feature_cfg(vc: VocoderConfig) -> ModelConfig:
     return ModelConfig(log_mel_min=vc.log_mel_min, log_mel_max=vc.log_mel_max)
 
 
-def _check_logmel(logmel: Tensor, n_mels: int, frames: int | None) -> None:
-    if not isinstance(logmel, Tensor) or logmel.ndim != 2 or logmel.shape[1] != n_mels:
-        shape = tuple(logmel.shape) if isinstance(logmel, Tensor) else type(logmel).__name__
-        raise ValueError(f"logmel: expected shape (frames, {n_mels}), got {shape}")
-    if frames is not None and logmel.shape[0] != frames:
-        raise ValueError(f"logmel: expected {frames} frames, got {logmel.shape[0]}")
-    if not torch.isfinite(logmel).all():
-        raise ValueError("logmel: expected finite values, got NaN or inf")
-
-
 def vocode(net: NeuralVocoder, logmel: Tensor) -> Tensor:
     """(F, n_mels) -> (F*hop,) waveform over samples [0, F*hop), aligned with log_mel's frames
     (the last hop lacks the next frame's share, as in model/vocoder.py's `griffin_lim`)."""
-    _check_logmel(logmel, net.vc.n_mels, None)
+    check_logmel(logmel, net.vc.n_mels, None)
     with torch.inference_mode():
         y = net.synthesize(logmel[None].float())[0]  # starts at -hop
     hop = net.vc.hop_length
@@ -303,7 +294,7 @@ class StreamingNeuralVocoder:
 
     def push(self, logmel: Tensor) -> Tensor:
         """(frames_per_turn, n_mels) -> (turn_samples,) waveform, delayed by delay_samples."""
-        _check_logmel(logmel, self.cfg.n_mels, self.cfg.frames_per_turn)
+        check_logmel(logmel, self.cfg.n_mels, self.cfg.frames_per_turn)
         return push_batch([self], logmel[None])[0]
 
     @staticmethod
@@ -322,7 +313,7 @@ def push_batch(vocoders: Sequence[StreamingNeuralVocoder], logmel: Tensor) -> Te
     if any(v.net is not net or v.cfg != cfg for v in vocoders):
         raise ValueError("vocoders: a batch must share one network and config")
     for item in logmel:
-        _check_logmel(item, cfg.n_mels, cfg.frames_per_turn)
+        check_logmel(item, cfg.n_mels, cfg.frames_per_turn)
     T = logmel.shape[1]
     vc = net.vc
     ctx = [torch.stack([v.state.context[i] for v in vocoders]) for i in range(len(vocoders[0].state.context))]
@@ -421,7 +412,6 @@ def attached(cfg: ModelConfig) -> NeuralVocoder | None:
 def new_vocoder(cfg: ModelConfig, net: NeuralVocoder | None = None) -> Vocoder:
     """A session's vocoder: `net` (default: the one attached to `cfg`) unless MICROTURN_VOCODER
     is "griffin-lim" or there is none; then streaming Griffin-Lim."""
-    from model.vocoder import StreamingGriffinLim
 
     choice = os.environ.get(ENV, "").strip().lower()
     if choice not in ("", "auto", "neural", "griffin-lim"):

@@ -47,10 +47,11 @@ def _synthesis(cfg: ModelConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, float]
     return _SYNTHESIS[key]
 
 
-def _check_logmel(logmel: Tensor, cfg: ModelConfig, frames: int | None) -> None:
-    if not isinstance(logmel, Tensor) or logmel.ndim != 2 or logmel.shape[1] != cfg.n_mels:
+def check_logmel(logmel: Tensor, n_mels: int, frames: int | None) -> None:
+    """A vocoder's input (either kind): (frames, n_mels), finite; ValueError naming what is wrong."""
+    if not isinstance(logmel, Tensor) or logmel.ndim != 2 or logmel.shape[1] != n_mels:
         shape = tuple(logmel.shape) if isinstance(logmel, Tensor) else type(logmel).__name__
-        raise ValueError(f"logmel: expected shape (frames, {cfg.n_mels}), got {shape}")
+        raise ValueError(f"logmel: expected shape (frames, {n_mels}), got {shape}")
     if frames is not None and logmel.shape[0] != frames:
         raise ValueError(f"logmel: expected {frames} frames, got {logmel.shape[0]}")
     if not torch.isfinite(logmel).all():
@@ -118,7 +119,7 @@ def _fast_griffin_lim(mag: Tensor, phase: Tensor, cfg: ModelConfig, carry: Tenso
 
 def griffin_lim(logmel: Tensor, cfg: ModelConfig, n_iter: int = 32) -> Tensor:
     """(F, n_mels) -> (F*hop,) waveform over samples [0, F*hop), aligned with log_mel's frames."""
-    _check_logmel(logmel, cfg, None)
+    check_logmel(logmel, cfg.n_mels, None)
     mag = mel_to_magnitude(logmel[None], cfg)  # (1, F, K)
     carry = torch.zeros(1, cfg.hop_length)
     spec = _fast_griffin_lim(mag, _init_phase(torch.zeros(1, dtype=torch.long), mag.shape[1], cfg), cfg, carry, n_iter)
@@ -149,7 +150,7 @@ class StreamingGriffinLim:
 
     def push(self, logmel: Tensor) -> Tensor:
         """(frames_per_turn, n_mels) -> (turn_samples,) waveform, delayed by delay_samples."""
-        _check_logmel(logmel, self.cfg, self.cfg.frames_per_turn)
+        check_logmel(logmel, self.cfg.n_mels, self.cfg.frames_per_turn)
         return push_batch([self], logmel[None])[0]
 
 
@@ -163,7 +164,7 @@ def push_batch(vocoders: list[StreamingGriffinLim], logmel: Tensor) -> Tensor:
     if any(v.cfg != cfg or v.n_iter != vocoders[0].n_iter for v in vocoders):
         raise ValueError("vocoders: a batch must share one config and n_iter")
     for item in logmel:
-        _check_logmel(item, cfg, cfg.frames_per_turn)
+        check_logmel(item, cfg.n_mels, cfg.frames_per_turn)
     mag = mel_to_magnitude(logmel, cfg)  # (B, n, K)
     first = torch.tensor([v.frames_seen for v in vocoders])
     carry = torch.stack([v.carry for v in vocoders])  # (B, hop)
