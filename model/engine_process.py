@@ -269,24 +269,25 @@ def _child_main(
                 break  # the parent is gone
             if op == "stop":
                 break
+            pending: list[tuple[int, Any]] = []
             try:
                 value = _handle(engine, op, args)
                 if op == "step":
                     result: StepResult = value
-                    ids = []
-                    for job in result.audio:
-                        where = {id(o): i for i, o in enumerate(result.outputs)}
-                        ids.append((next_job, [where[id(o)] for o in job.outputs]))
-                        jobs.put((next_job, job))  # waits while the vocoder is a step behind
-                        next_job += 1
+                    where = {id(o): i for i, o in enumerate(result.outputs)}
+                    pending = [(next_job + n, job) for n, job in enumerate(result.audio)]
+                    next_job += len(pending)
+                    ids = [(job_id, [where[id(o)] for o in job.outputs]) for job_id, job in pending]
                     value = (result.outputs, result.failed, result.records, ids)
                 reply: tuple[object, ...] = ("ok", value)
             except Exception as e:
                 reply = ("err", type(e).__name__, e.args[0] if isinstance(e, KeyError) and e.args else str(e))
             try:
-                conn.send(reply)
+                conn.send(reply)  # before the synthesis touches these outputs
             except (BrokenPipeError, OSError):
                 break
+            for item in pending:
+                jobs.put(item)  # waits while the vocoder is a step behind
     finally:
         jobs.put(None)
         synth.join(STOP_TIMEOUT_S)
