@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -235,6 +236,8 @@ def _child_main(
     deterministic: bool | None,
     threads: int,
 ) -> None:
+    # Ctrl-C reaches the whole process group: the parent shuts down and stops us over the pipe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     try:
         attach(model.cfg, vocoder)

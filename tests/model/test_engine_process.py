@@ -93,6 +93,14 @@ def test_a_session_whose_input_fails_is_closed_and_the_rest_step(process: Engine
     assert [o.session_id for o in result.outputs] == ["a"] and len(result.outputs[0].audio) == 4 * TURN_SAMPLES
 
 
+def test_ctrl_c_is_the_parent_s_to_handle(process: EngineProcess) -> None:
+    """Ctrl-C reaches the whole process group; the child leaves it to the parent, which stops it."""
+    process.open("a")
+    os.kill(process.pid, signal.SIGINT)
+    inp = MicroTurnInput.from_arrays(np.zeros(TURN_SAMPLES, np.float32), session_id="a")
+    assert [o.session_id for o in process.step_isolated([inp]).outputs] == ["a"]
+
+
 def test_a_dead_engine_process_fails_every_later_call_clearly(process: EngineProcess) -> None:
     process.open("a")
     os.kill(process.pid, signal.SIGKILL)
