@@ -42,6 +42,7 @@ from infra.messages import MicroTurnInput, MicroTurnOutput, TurnRecord
 from model.engine import CapacityError, Engine, EngineStats, StepResult, UnknownSession
 from model.interaction import InteractionModel
 from model.neural_vocoder import NeuralVocoder, attach, attached
+from model.session import AudioJob
 from model.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,6 @@ class EngineProcess:
         self._sessions: set[str] = set()  # mirrors the child's: read from the event loop without a round trip
         self._lock = threading.Lock()  # one request in flight
         self._audio_lock = threading.Lock()
-        self._early: dict[int, tuple[list[bytes] | None, list[float] | None, str | None]] = {}
         self._dead: str | None = None
         ctx = tmp.get_context("spawn")  # never fork a process that holds OpenMP and BLAS threads
         self._conn, child_conn = ctx.Pipe()
@@ -138,8 +138,8 @@ class EngineProcess:
         outputs, failed, records, jobs = self._request("step", inputs)
         for sid in failed:
             self._sessions.discard(sid)  # the child's engine closed them
-        audio = [RemoteAudio(self, job_id, [outputs[i] for i in idx]) for job_id, idx in jobs]
-        result = StepResult(outputs=outputs, failed=failed, records=records, audio=list(audio))
+        audio: list[AudioJob] = [RemoteAudio(self, job_id, [outputs[i] for i in idx]) for job_id, idx in jobs]
+        result = StepResult(outputs=outputs, failed=failed, records=records, audio=audio)
         if not defer_audio:
             for job in audio:
                 job.run()
@@ -205,20 +205,18 @@ class EngineProcess:
         raise RuntimeError(f"{kind}: {message}")
 
     def _receive_audio(self, job: RemoteAudio) -> None:
-        """Jobs are run in step order and the child sends them in that order; a job whose run
-        was skipped (its step's outputs were dropped) is passed over."""
+        """The worker runs jobs in step order and the child sends them in that order, so the
+        next message is this job's, or an older one whose run was skipped (passed over)."""
         with self._audio_lock:
-            entry = self._early.pop(job.job_id, None)
-            while entry is None:
+            while True:
                 try:
                     job_id, audio, step_ms, error = self._audio.recv()
                 except (EOFError, OSError) as e:
                     raise EngineProcessError("engine process is gone: no audio for its last step") from e
                 if job_id == job.job_id:
-                    entry = (audio, step_ms, error)
-                elif job_id > job.job_id:
-                    self._early[job_id] = (audio, step_ms, error)
-        audio, step_ms, error = entry
+                    break
+                if job_id > job.job_id:
+                    raise RuntimeError(f"engine process: audio of job {job_id} came before job {job.job_id}'s")
         if error is not None or audio is None or step_ms is None:
             raise RuntimeError(f"engine process: synthesis failed: {error}")
         for out, a, ms in zip(job.outputs, audio, step_ms, strict=True):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 from collections.abc import Iterator
 
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from infra import keys
 from infra.bus import MemoryBus
 from infra.messages import TURN_SAMPLES, MicroTurnInput
 from model.engine import CapacityError, Engine, UnknownSession
@@ -20,7 +20,7 @@ from model.tokenizer import Tokenizer
 from model.worker import Worker, WorkerSettings
 from tests.model.conftest import micro_config
 from tests.model.test_engine import session_inputs
-from tests.model.test_worker import collect
+from tests.model.test_worker import TURN_MS, collect, send
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ async def test_the_worker_serves_calls_from_an_engine_process(process: EnginePro
     """The worker runs the child's synthesis jobs on its vocoder thread, in step order: every
     turn of every call arrives, in order, with its audio."""
     bus = MemoryBus()
-    worker = Worker(process, bus, WorkerSettings(turn_ms=100.0, late_ms=1000.0))
+    worker = Worker(process, bus, WorkerSettings(turn_ms=TURN_MS, late_ms=1000.0))
     await worker.start()
     try:
         sids = ["a", "b"]
@@ -124,11 +124,7 @@ async def test_the_worker_serves_calls_from_an_engine_process(process: EnginePro
             await worker.open(sid, seed=i)
         collectors = [asyncio.create_task(collect(bus, sid, 5)) for sid in sids]
         await asyncio.sleep(0)
-        for k in range(5):
-            for sid in sids:
-                inp = MicroTurnInput.from_arrays(np.zeros(TURN_SAMPLES, np.float32), session_id=sid, turn=k)
-                await bus.publish_struct(keys.inputs("local"), inp)
-            await asyncio.sleep(0.1)
+        await asyncio.gather(*(send(bus, sid, range(5), 0.0, random.Random(0)) for sid in sids))
         outs = await asyncio.wait_for(asyncio.gather(*collectors), 60)
     finally:
         await worker.stop()
