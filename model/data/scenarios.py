@@ -37,6 +37,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from model.data import grammar
 from model.data.espeak import SAMPLE_RATE, Utterance, Voice, Word
 
 T = TypeVar("T")
@@ -389,6 +390,11 @@ def fill(rng: np.random.Generator, kind: str, *templates: str) -> list[str]:
 # --------------------------------------------------------------------------- phrasings
 
 
+def normalize_phrase(s: str) -> str:
+    """Lower-case, punctuation-free form of a phrase, for disjointness checks."""
+    return " ".join(s.lower().translate(str.maketrans("", "", string.punctuation)).split())
+
+
 @dataclass(frozen=True)
 class Phrasebook:
     """Every phrasing a split may use. Items ending in a slot kind are filled by ``fill``."""
@@ -426,7 +432,7 @@ class Phrasebook:
         return out
 
 
-TRAIN_PHRASES = Phrasebook(
+_TRAIN_WRITTEN = Phrasebook(
     qa=(
         ("What is {a} plus {b}?", "{a} plus {b} is {c}.", "add"),
         ("What's {a} minus {b}?", "{a} minus {b} is {c}.", "sub"),
@@ -850,6 +856,25 @@ HELDOUT_PHRASES = Phrasebook(
     listener_cues=("Mm.", "Oh, really.", "Go on.", "Oh no."),
 )
 
+
+def _with_drawn(book: Phrasebook, drawn: grammar.Drawn, avoid: Phrasebook) -> Phrasebook:
+    """``book`` plus the grammar's phrasings, minus any that share a sentence with ``avoid``."""
+    held = {normalize_phrase(s) for s in avoid.strings()}
+
+    def keep(item: tuple[str, ...]) -> bool:
+        return not any(normalize_phrase(s) in held for s in item if s)
+
+    return dataclasses.replace(
+        book,
+        qa=book.qa + tuple(x for x in drawn.qa if keep(x)),
+        pauses=book.pauses + tuple(x for x in drawn.pauses if keep(x)),
+        monologues=book.monologues + tuple(x for x in drawn.monologues if keep(x)),
+        monologue_ends=book.monologue_ends + tuple(x for x in drawn.monologue_ends if keep(x)),
+    )
+
+
+# the written train phrasings plus hundreds drawn from grammars of the same shapes (grammar.py)
+TRAIN_PHRASES = _with_drawn(_TRAIN_WRITTEN, grammar.draw(), HELDOUT_PHRASES)
 PHRASES: dict[str, Phrasebook] = {"train": TRAIN_PHRASES, "valid": TRAIN_PHRASES, "heldout": HELDOUT_PHRASES}
 
 # --------------------------------------------------------------------------- timeline
@@ -1308,8 +1333,3 @@ def _rounded(v: object) -> object:
     if isinstance(v, list):
         return [_rounded(x) for x in v]
     return v
-
-
-def normalize_phrase(s: str) -> str:
-    """Lower-case, punctuation-free form of a phrase, for disjointness checks."""
-    return " ".join(s.lower().translate(str.maketrans("", "", string.punctuation)).split())
