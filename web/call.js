@@ -9,7 +9,9 @@
 const ICE_GATHER_TIMEOUT_MS = 3000; // non-trickle: wait this long for gathering to complete
 const CONNECT_TIMEOUT_MS = 15000; // offer sent -> ICE+DTLS connected
 const DISCONNECTED_GRACE_MS = 5000; // ICE "disconnected" may heal by itself
-const RECONNECT_DELAYS_MS = [500, 2000, 5000];
+// ~30 s of retries after the loss is noticed: a restarted server (a deploy, or a crash under a
+// supervisor) loads its model and warms its engine before it listens, 5-20 s on a busy machine
+const RECONNECT_DELAYS_MS = [500, 1000, 2000, 4000, 8000, 8000, 8000];
 
 /** An HTTP error answered by the server, carrying its JSON {error: {code, message}}. */
 export class ServerError extends Error {

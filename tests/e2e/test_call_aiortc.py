@@ -64,8 +64,13 @@ async def test_opus_call_with_camera_streams_both_ways_and_hangs_up_clean(
             caller.send("[" * 3000)
             caller.send({"type": "input_text.append", "text": "hello there"})
             await caller.wait_event(lambda e: e["type"] == "error" and e["code"] == "event_too_large")
-            await caller.wait_event(lambda e: e["type"] == "metrics.latency" and e["turn"] > 0, timeout=5)
-            await asyncio.sleep(0.6)
+            # the call keeps stepping: two more turns after the bad events (waited for, not slept on:
+            # a loaded machine steps late, and a fixed sleep made this flaky)
+            await caller.wait_event(
+                lambda e: e["type"] == "metrics.latency" and len(caller.of_type("metrics.latency")) >= n_latency + 2,
+                timeout=10,
+            )
+            await caller.wait_event(lambda e: e["type"] == "error" and len(caller.of_type("error")) >= 5, timeout=5)
             codes = [e["code"] for e in caller.of_type("error")]
             assert codes == [
                 "malformed_json",
@@ -97,7 +102,9 @@ async def test_opus_call_with_camera_streams_both_ways_and_hangs_up_clean(
             assert all(e["server_ms"] >= e["step_ms"] > 0 for e in latency)
 
             # server side: turns went in and came out, the camera was sampled, typed text reached the model
-            assert call.transport.turns_in >= 14 and call.transport.turns_out >= 14
+            assert call.transport.turns_in >= 14
+            # a loaded machine steps a few turns behind the media clock: wait for them, bounded
+            await wait_until(lambda: call.transport.turns_out >= 14, timeout=10)
             assert call.transport.video_frames_used >= 2
             sent: list[MicroTurnInput] = []
             while True:
