@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.data.espeak import Utterance
+from model.data.numbers import UNITS
 from model.data.scenarios import (
-    _NUMBER_WORDS,
     ASSISTANT,
     USER,
     Dialogue,
@@ -55,7 +55,7 @@ class Rule:
 
 
 def _numbers(step: int, lo: int, hi: int) -> dict[str, str]:
-    return {_NUMBER_WORDS[n]: _NUMBER_WORDS[n + step] for n in range(lo, hi + 1)}
+    return {UNITS[n]: UNITS[n + step] for n in range(lo, hi + 1)}
 
 
 def _opposites(*pairs: tuple[str, str]) -> dict[str, str]:

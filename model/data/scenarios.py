@@ -39,6 +39,7 @@ import numpy as np
 
 from model.data import grammar
 from model.data.espeak import SAMPLE_RATE, Utterance, Voice, Word
+from model.data.numbers import UNITS, spell
 
 T = TypeVar("T")
 
@@ -240,31 +241,8 @@ _NAMES = ("Priya", "Sam", "Maria", "Tom", "Aisha", "Lucas", "Mei", "Omar", "Grac
 _CITIES = ("Boston", "Leeds", "Denver", "Bristol", "Dublin", "Chicago", "Glasgow", "Seattle")
 _STREETS = ("Main Street", "Oak Avenue", "High Street", "Park Road", "Mill Lane", "Church Street")
 _WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-_NUMBER_WORDS = (
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-)
-_MINUTE_WORDS = {
-    0: "o'clock",
-    15: "fifteen",
-    30: "thirty",
-    45: "forty five",
-    10: "ten",
-    20: "twenty",
-    40: "forty",
-    50: "fifty",
-}
+_NUMBER_WORDS = UNITS[:13]  # zero..twelve: the hours and counts the scenarios say
+_MINUTE_WORDS = {0: "o'clock"} | {m: spell(m) for m in (15, 30, 45, 10, 20, 40, 50)}
 
 
 def _choice(rng: np.random.Generator, items: Sequence[T]) -> T:

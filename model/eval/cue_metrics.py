@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.data.numbers import NUMBERS, TENS, parse_number
 from model.eval.metrics import TaskSummary, TurnScore, smooth_turn_taking
 from model.eval.words import Word
 
@@ -42,30 +43,7 @@ ACK_WINDOW_S = 1.5
 UTTERANCE_GAP_S = 0.5
 COMPOUND_GAP_S = 0.3  # "twenty" "one" closer than this is one number
 
-_UNITS = [
-    "zero",
-    "one",
-    "two",
-    "three",
-    "four",
-    "five",
-    "six",
-    "seven",
-    "eight",
-    "nine",
-    "ten",
-    "eleven",
-    "twelve",
-    "thirteen",
-    "fourteen",
-    "fifteen",
-    "sixteen",
-    "seventeen",
-    "eighteen",
-    "nineteen",
-]
-_TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
-NUMBERS: dict[str, int] = {w: i for i, w in enumerate(_UNITS)} | _TENS | {"hundred": 100, "oh": 0}
+_TENS_VALUES = frozenset(NUMBERS[w] for w in TENS if w)  # 20, 30, .. 90: may take a unit word after
 COLOURS = frozenset(
     [
         "red",
@@ -102,19 +80,6 @@ def normalize(text: str) -> str:
     return _PUNCT.sub("", text.lower()).strip("-'")
 
 
-def parse_number(text: str) -> int | None:
-    """ "three", "3", "twenty-one" -> int; anything else -> None."""
-    w = normalize(text)
-    if w.isdigit():
-        return int(w)
-    if w in NUMBERS:
-        return NUMBERS[w]
-    tens, _, unit = w.partition("-")
-    if tens in _TENS and unit in NUMBERS and NUMBERS[unit] < 10:
-        return _TENS[tens] + NUMBERS[unit]
-    return None
-
-
 @dataclass(frozen=True)
 class Spoken:
     """A number said aloud: its value and the words it spans (one, or "twenty" + "one")."""
@@ -134,7 +99,7 @@ def spoken_numbers(words: Sequence[Word]) -> list[Spoken]:
         if v is None:
             i += 1
             continue
-        if v in _TENS.values() and i + 1 < len(words):
+        if v in _TENS_VALUES and i + 1 < len(words):
             u = parse_number(words[i + 1].text)
             if u is not None and 0 < u < 10 and words[i + 1].start - words[i].end <= COMPOUND_GAP_S:
                 out.append(Spoken(v + u, words[i].start, words[i + 1].end, 2))
