@@ -12,8 +12,9 @@ serving does; several dialogues batched) and measures two word error rates:
 - captions: the caption head's text against the words the user actually spoke (the dialogue's
   alignments), i.e. live captions on voices training never heard.
 
-WER is pooled (total edits / total reference words), after lower-casing and dropping
-punctuation; numbers are compared as written (the ASR spells "four", our text may too).
+WER is pooled (total edits / total reference words), after lower-casing, dropping punctuation
+and reading numerals as words on both sides (model/data/numbers.py: the ASR writes "fifty six",
+the text stream and the dialogues' words write "56"; "3:45" is "three forty five").
 
 And the ceilings the first figure is read against (`reference`, `--no-reference` skips them):
 the same ASR on the dialogues' own assistant channel (the recorded voice the model learns)
@@ -44,6 +45,7 @@ from infra.messages import MicroTurnInput
 from model.attention import KVCache
 from model.checkpoint import load_checkpoint
 from model.config import ModelConfig
+from model.data.numbers import say_numerals
 from model.dmel import log_mel_offline
 from model.interaction import InteractionModel
 from model.neural_vocoder import NeuralVocoder, StreamingNeuralVocoder, Vocoder, vocode, vocode_batch
@@ -57,8 +59,9 @@ _WORD = re.compile(r"[a-z0-9']+")
 
 
 def normalize(text: str) -> list[str]:
-    """Lower-case words without punctuation ("It's noon." -> ["it's", "noon"])."""
-    return [w.strip("'") for w in _WORD.findall(text.lower()) if w.strip("'")]
+    """Lower-case words without punctuation, numerals as the words said for them
+    ("It's 56." -> ["it's", "fifty", "six"])."""
+    return [w.strip("'") for w in _WORD.findall(say_numerals(text).lower()) if w.strip("'")]
 
 
 def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
