@@ -1,8 +1,8 @@
 """English number words: "56" -> "fifty six", "fifty six" -> 56, digits in text read aloud.
 
-The spelling is the one our synthesizers say and pocketsphinx writes back, measured here
-with flite (slt, kal16) and espeak-ng (en-us) read through model/eval/asr.py: American
-cardinals with no "and" ("105" -> "one hundred five", "384000" -> "three hundred eighty four
+The spelling is the one our synthesizers say and pocketsphinx writes back (measured: flite's
+slt and kal16 through model/eval/asr.py and `flite -pw`; espeak-ng en-us by its phonemes, `-x`):
+American cardinals with no "and" ("105" -> "one hundred five", "384000" -> "three hundred eighty four
 thousand", "1,234,567" -> "one million two hundred thirty four thousand five hundred sixty
 seven"), decimals digit by digit after "point" ("0.75" -> "zero point seven five"), clock times
 as hour then minutes ("3:45" -> "three forty five", "3:05" -> "three oh five", "10:00" -> "ten").
