@@ -14,7 +14,8 @@ Alignment of streams to the sequence (DESIGN.md §5):
   LEAD_POSITIONS before its first word's onset (the text leads the sound, as in Moshi) and
   ended by `<eot>`, so a reply is one timing decision, not one per word; `<delegate>` sits at a
   delegation event. The first token of a turn is weighted FIRST_TOKEN_WEIGHT in the loss: it is
-  the decision to speak.
+  the decision to speak. Its mirror is the decision to hold: a `<pad>` target inside a user's
+  pause (mid-request, or between a monologue's sentences) weighs HOLD_WEIGHT, not PAD_WEIGHT.
 - Output position j of OUT_k also has turn-state targets (voice-activity projection): is the
   assistant's voice active in that position's 50 ms, and, while silent, does a turn start
   within the next ONSET_HORIZON positions.
@@ -50,6 +51,12 @@ LEAD_POSITIONS = 1  # the monologue's first token leads the turn's sound by one 
 PAD_WEIGHT = 0.2
 FIRST_TOKEN_WEIGHT = 4.0  # loss weight of a turn's first token, the decision to speak
 ONSET_HORIZON = 4  # positions (200 ms) ahead that the onset target looks
+# A pause the assistant must sit through looks, to the audio, like the end of a turn: the same
+# silence after the user's last word. Down-weighted like any padding, staying quiet there was
+# 1/20 of the cost of a missed reply, and the model learned to speak into pauses (held-out
+# pause and backchannel take-over 0.6 and 1.0). Weighted like the decision to speak instead.
+HOLD_WEIGHT = FIRST_TOKEN_WEIGHT
+HOLD_EVENTS = ("pause", "monologue_pause")  # events whose [time, end) the assistant holds through
 
 
 class DatasetError(ValueError):
@@ -172,6 +179,7 @@ def build_example(
         if first is not None:
             first_at.add(first)
     voice, onset = _turn_state(turns, base, pos_s, n_out_positions)
+    hold = _hold_positions(clip.events, base, pos_s, n_out_positions)
     for word, _ws, we, spk in clip.words:
         ids = tok.encode(" " + word)
         if spk == USER:
@@ -225,7 +233,8 @@ def build_example(
             next_pos += 1
             target_tok = out_text[k * P + j]
             text_t.append(target_tok)
-            weight_t.append(_text_weight(target_tok, k * P + j in first_at, tok.pad_id))
+            weight = _text_weight(target_tok, k * P + j in first_at, tok.pad_id)
+            weight_t.append(HOLD_WEIGHT if target_tok == tok.pad_id and k * P + j in hold else weight)
             turn_t.append((voice[k * P + j], onset[k * P + j]))
             cap_t.append(-100)
             mel_t.append(unit[o * Fp : (o + 1) * Fp].reshape(-1))
@@ -268,6 +277,30 @@ def _turn_state(
         for j in range(max(0, j0 - ONSET_HORIZON), min(n, j0 + 1)):
             onset[j] = 1.0
     return voice, onset
+
+
+def _hold_positions(events: list[dict[str, object]], base: float, pos_s: float, n: int) -> set[int]:
+    """Output positions (of n, position 0 at `base` seconds) that lie inside a user's pause."""
+    out: set[int] = set()
+    for ev in events:
+        if ev.get("type") not in HOLD_EVENTS:
+            continue
+        t, end = event_float(ev.get("time")), event_float(ev.get("end"))
+        if t is None or end is None:
+            continue
+        out.update(range(max(0, _ceil((t - base) / pos_s)), min(n, _floor((end - base) / pos_s))))
+    return out
+
+
+def event_float(x: object) -> float | None:
+    """An event field as a finite float, or None (events are JSON written by model/data)."""
+    if isinstance(x, bool) or not isinstance(x, int | float | str):
+        return None
+    try:
+        v = float(x)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _text_weight(target: int, first: bool, pad: int) -> float:

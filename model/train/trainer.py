@@ -44,7 +44,7 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.interaction import InteractionModel
 from model.tokenizer import Tokenizer
-from model.train.dataset import Clip, Example, build_example, collate, list_clips, load_clip
+from model.train.dataset import Clip, Example, build_example, collate, event_float, list_clips, load_clip
 from model.train.objective import compute_losses
 
 log = get_logger(__name__)
@@ -93,36 +93,26 @@ def event_times(clip: Clip) -> list[float]:
     out: list[float] = []
     for ev in clip.events:
         kind = ev.get("type")
-        t = _num(ev.get("time"))
+        t = event_float(ev.get("time"))
         if kind == "user_end":
             if t is not None:
-                out.append(t + (_num(ev.get("gap")) or 0.0))  # the reply onset
+                out.append(t + (event_float(ev.get("gap")) or 0.0))  # the reply onset
         elif kind == "interrupt":
-            cut = _num(ev.get("cut"))
+            cut = event_float(ev.get("cut"))
             out += [cut] if cut is not None else [t] if t is not None else []
         elif kind == "pause":
-            end = _num(ev.get("end"))
+            end = event_float(ev.get("end"))
             out += [end] if end is not None else []
         elif kind == "monologue_pause":
-            end = _num(ev.get("end"))
+            end = event_float(ev.get("end"))
             out += [end] if end is not None else [t] if t is not None else []
         elif kind == "timespeak":
             onsets = ev.get("expected_onsets")
             if isinstance(onsets, Iterable):
-                out += [x for x in map(_num, onsets) if x is not None]
+                out += [x for x in map(event_float, onsets) if x is not None]
         elif kind in ("backchannel", "stop", "delegate") and t is not None:
             out.append(t)
     return out
-
-
-def _num(x: object) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, int | float | str):
-        return None
-    try:
-        v = float(x)
-    except ValueError:
-        return None
-    return v if math.isfinite(v) else None
 
 
 def choose_crop(clip: Clip, cfg: ModelConfig, t: TrainConfig, rnd: random.Random) -> tuple[int, int | None]:

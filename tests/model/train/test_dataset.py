@@ -13,6 +13,7 @@ from model.tokenizer import Tokenizer
 from model.train.dataset import (
     ASSISTANT,
     FIRST_TOKEN_WEIGHT,
+    HOLD_WEIGHT,
     LEAD_POSITIONS,
     ONSET_HORIZON,
     PAD_WEIGHT,
@@ -69,6 +70,29 @@ def test_the_first_token_of_a_turn_weighs_most(tok: Tokenizer) -> None:
     assert all(w == pytest.approx(PAD_WEIGHT) for t, w in zip(text, weight, strict=True) if t == tok.pad_id)
     # input positions carry no text target and no weight
     assert float(ex.text_weight[0][ex.text_target[0] < 0].abs().sum()) == 0.0
+
+
+def test_padding_inside_a_user_pause_weighs_as_much_as_speaking(tok: Tokenizer) -> None:
+    """The pause the assistant must sit through (mid-request, or between a monologue's
+    sentences) is weighted like the decision to speak; padding elsewhere stays cheap."""
+    words = [("book", 0.6, 0.9, USER), ("a", 0.9, 1.0, USER), ("table", 2.4, 2.8, USER), ("Sure.", 3.0, 3.4, ASSISTANT)]
+    events = [
+        {"type": "pause", "time": 1.0, "end": 2.4},
+        {"type": "monologue_pause", "time": 3.6, "end": 4.5},
+        {"type": "user_end", "time": 2.8, "gap": 0.2},  # not a hold
+        {"type": "pause", "time": 5.0},  # no end: skipped
+    ]
+    ex = build_example(CFG, tok, _clip(words, events=events))
+    text, weight = _out(ex.text_target), ex.text_weight[0][ex.text_target[0] >= 0].tolist()
+    at = [0.2 + i * POS_S for i in range(len(text))]  # each output position's start time
+    eps = 1e-6
+    held = 0
+    for t, target, w in zip(at, text, weight, strict=True):
+        inside = 1.0 - eps <= t and t + POS_S <= 2.4 + eps or 3.6 - eps <= t and t + POS_S <= 4.5 + eps
+        if target == tok.pad_id:
+            assert w == pytest.approx(HOLD_WEIGHT if inside else PAD_WEIGHT), (t, w)
+            held += inside
+    assert held == round(1.4 / POS_S) + round(0.9 / POS_S)  # every position of both pauses
 
 
 def test_turn_state_targets_follow_the_voice(tok: Tokenizer) -> None:
