@@ -64,6 +64,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument(
+        "--hold-weight",
+        type=float,
+        default=d.hold_weight,
+        help="loss weight of <pad> inside a user's pause (default: that of any <pad>; see model/train/dataset.py)",
+    )
     p.set_defaults(func=run_train)
 
 
@@ -85,9 +91,13 @@ def run_train(args: argparse.Namespace) -> int:
         ckpt_every=args.ckpt_every,
         val_every=args.val_every,
         select=args.select,
+        hold_weight=args.hold_weight,
     )
     if args.val_every < 0:
         print("error: --val-every must be >= 0", file=sys.stderr)
+        return 2
+    if not args.hold_weight >= 0:
+        print(f"error: --hold-weight must be >= 0, got {args.hold_weight}", file=sys.stderr)
         return 2
     try:
         cfg = get_preset(args.preset)

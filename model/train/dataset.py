@@ -14,8 +14,8 @@ Alignment of streams to the sequence (DESIGN.md §5):
   LEAD_POSITIONS before its first word's onset (the text leads the sound, as in Moshi) and
   ended by `<eot>`, so a reply is one timing decision, not one per word; `<delegate>` sits at a
   delegation event. The first token of a turn is weighted FIRST_TOKEN_WEIGHT in the loss: it is
-  the decision to speak. Its mirror is the decision to hold: a `<pad>` target inside a user's
-  pause (mid-request, or between a monologue's sentences) weighs HOLD_WEIGHT, not PAD_WEIGHT.
+  the decision to speak. Its mirror, the decision to hold, can be weighted too (`hold_weight`):
+  a `<pad>` target inside a user's pause (mid-request, or between a monologue's sentences).
 - Output position j of OUT_k also has turn-state targets (voice-activity projection): is the
   assistant's voice active in that position's 50 ms, and, while silent, does a turn start
   within the next ONSET_HORIZON positions.
@@ -52,10 +52,11 @@ PAD_WEIGHT = 0.2
 FIRST_TOKEN_WEIGHT = 4.0  # loss weight of a turn's first token, the decision to speak
 ONSET_HORIZON = 4  # positions (200 ms) ahead that the onset target looks
 # A pause the assistant must sit through looks, to the audio, like the end of a turn: the same
-# silence after the user's last word. Down-weighted like any padding, staying quiet there was
-# 1/20 of the cost of a missed reply, and the model learned to speak into pauses (held-out
-# pause and backchannel take-over 0.6 and 1.0). Weighted like the decision to speak instead.
-HOLD_WEIGHT = FIRST_TOKEN_WEIGHT
+# silence after the user's last word, and its padding weighs 1/20 of a missed reply. Weighting it
+# like the decision to speak (`build_example(hold_weight=FIRST_TOKEN_WEIGHT)`, `microturn train
+# --hold-weight 4`) was tried on the shipped checkpoint: a 1,100-step fine-tune made the model
+# late, not discerning (held-out turn-taking take-over 0.50 -> 0.00 at the calibrated gate, pause
+# 0.60 -> 0.40), so the default leaves pauses weighted as any padding.
 HOLD_EVENTS = ("pause", "monologue_pause")  # events whose [time, end) the assistant holds through
 
 
@@ -141,9 +142,15 @@ class Example:
 
 
 def build_example(
-    cfg: ModelConfig, tok: Tokenizer, clip: Clip, max_turns: int | None = None, start: int = 0
+    cfg: ModelConfig,
+    tok: Tokenizer,
+    clip: Clip,
+    max_turns: int | None = None,
+    start: int = 0,
+    hold_weight: float = PAD_WEIGHT,
 ) -> Example:
-    """Turns [start, start + max_turns) of a clip as one teacher-forced sequence."""
+    """Turns [start, start + max_turns) of a clip as one teacher-forced sequence; `hold_weight`
+    weighs `<pad>` targets inside the user's pauses (HOLD_EVENTS)."""
     S, P, Fp = cfg.turn_samples, cfg.positions_per_turn, cfg.frames_per_position
     pos_s = cfg.position_ms / 1000
     n_total = len(clip.user) // S - 1  # the last turn needs the next turn's assistant audio
@@ -179,7 +186,7 @@ def build_example(
         if first is not None:
             first_at.add(first)
     voice, onset = _turn_state(turns, base, pos_s, n_out_positions)
-    hold = _hold_positions(clip.events, base, pos_s, n_out_positions)
+    hold = _hold_positions(clip.events, base, pos_s, n_out_positions) if hold_weight != PAD_WEIGHT else set()
     for word, _ws, we, spk in clip.words:
         ids = tok.encode(" " + word)
         if spk == USER:
@@ -234,7 +241,7 @@ def build_example(
             target_tok = out_text[k * P + j]
             text_t.append(target_tok)
             weight = _text_weight(target_tok, k * P + j in first_at, tok.pad_id)
-            weight_t.append(HOLD_WEIGHT if target_tok == tok.pad_id and k * P + j in hold else weight)
+            weight_t.append(hold_weight if target_tok == tok.pad_id and k * P + j in hold else weight)
             turn_t.append((voice[k * P + j], onset[k * P + j]))
             cap_t.append(-100)
             mel_t.append(unit[o * Fp : (o + 1) * Fp].reshape(-1))

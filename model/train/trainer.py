@@ -44,7 +44,7 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.interaction import InteractionModel
 from model.tokenizer import Tokenizer
-from model.train.dataset import Clip, Example, build_example, collate, event_float, list_clips, load_clip
+from model.train.dataset import PAD_WEIGHT, Clip, Example, build_example, collate, event_float, list_clips, load_clip
 from model.train.objective import compute_losses
 
 log = get_logger(__name__)
@@ -71,6 +71,7 @@ class TrainConfig:
     select: str = "total"  # the validation loss that picks best/ (a key of compute_losses)
     val_batches: int = 8
     event_crop_p: float = 0.5
+    hold_weight: float = PAD_WEIGHT  # <pad> inside a user's pause (model/train/dataset.py)
     whole_scenarios: tuple[str, ...] = ("timed_speech",)
     whole_max_turns: int = 100  # 20 s: a whole-clip crop never grows past this
 
@@ -210,7 +211,7 @@ class Trainer:
         for _ in range(self.tcfg.batch_size):
             clip = clips[rnd.randrange(len(clips))]
             start, max_turns = choose_crop(clip, self.cfg, self.tcfg, rnd)
-            examples.append(build_example(self.cfg, self.tokenizer, clip, max_turns, start))
+            examples.append(build_example(self.cfg, self.tokenizer, clip, max_turns, start, self.tcfg.hold_weight))
         return collate(examples)
 
     def val_set(self) -> list[tuple[Example, torch.Generator]]:

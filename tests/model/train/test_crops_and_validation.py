@@ -257,3 +257,5 @@ def test_cli_train_without_validation_exports_the_final(
     assert main(argv) == 0
     assert "exported final model (step 2)" in capsys.readouterr().err
     assert main([*argv[:-2], "--val-every", "-1"]) == 2
+    assert main([*argv[:-2], "--hold-weight", "-1"]) == 2
+    assert "--hold-weight must be >= 0" in capsys.readouterr().err

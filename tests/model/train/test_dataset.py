@@ -13,7 +13,6 @@ from model.tokenizer import Tokenizer
 from model.train.dataset import (
     ASSISTANT,
     FIRST_TOKEN_WEIGHT,
-    HOLD_WEIGHT,
     LEAD_POSITIONS,
     ONSET_HORIZON,
     PAD_WEIGHT,
@@ -72,9 +71,10 @@ def test_the_first_token_of_a_turn_weighs_most(tok: Tokenizer) -> None:
     assert float(ex.text_weight[0][ex.text_target[0] < 0].abs().sum()) == 0.0
 
 
-def test_padding_inside_a_user_pause_weighs_as_much_as_speaking(tok: Tokenizer) -> None:
+@pytest.mark.parametrize("hold_weight", [FIRST_TOKEN_WEIGHT, PAD_WEIGHT])
+def test_hold_weight_weighs_padding_inside_a_user_pause(tok: Tokenizer, hold_weight: float) -> None:
     """The pause the assistant must sit through (mid-request, or between a monologue's
-    sentences) is weighted like the decision to speak; padding elsewhere stays cheap."""
+    sentences) weighs `hold_weight`; padding elsewhere stays cheap. The default changes nothing."""
     words = [("book", 0.6, 0.9, USER), ("a", 0.9, 1.0, USER), ("table", 2.4, 2.8, USER), ("Sure.", 3.0, 3.4, ASSISTANT)]
     events = [
         {"type": "pause", "time": 1.0, "end": 2.4},
@@ -82,15 +82,17 @@ def test_padding_inside_a_user_pause_weighs_as_much_as_speaking(tok: Tokenizer) 
         {"type": "user_end", "time": 2.8, "gap": 0.2},  # not a hold
         {"type": "pause", "time": 5.0},  # no end: skipped
     ]
-    ex = build_example(CFG, tok, _clip(words, events=events))
+    ex = build_example(CFG, tok, _clip(words, events=events), hold_weight=hold_weight)
+    if hold_weight == PAD_WEIGHT:
+        assert torch.equal(ex.text_weight, build_example(CFG, tok, _clip(words, events=events)).text_weight)
     text, weight = _out(ex.text_target), ex.text_weight[0][ex.text_target[0] >= 0].tolist()
     at = [0.2 + i * POS_S for i in range(len(text))]  # each output position's start time
     eps = 1e-6
     held = 0
     for t, target, w in zip(at, text, weight, strict=True):
-        inside = 1.0 - eps <= t and t + POS_S <= 2.4 + eps or 3.6 - eps <= t and t + POS_S <= 4.5 + eps
+        inside = (1.0 - eps <= t and t + POS_S <= 2.4 + eps) or (3.6 - eps <= t and t + POS_S <= 4.5 + eps)
         if target == tok.pad_id:
-            assert w == pytest.approx(HOLD_WEIGHT if inside else PAD_WEIGHT), (t, w)
+            assert w == pytest.approx(hold_weight if inside else PAD_WEIGHT), (t, w)
             held += inside
     assert held == round(1.4 / POS_S) + round(0.9 / POS_S)  # every position of both pauses
 
