@@ -412,7 +412,6 @@ def attached(cfg: ModelConfig) -> NeuralVocoder | None:
 def new_vocoder(cfg: ModelConfig, net: NeuralVocoder | None = None) -> Vocoder:
     """A session's vocoder: `net` (default: the one attached to `cfg`) unless MICROTURN_VOCODER
     is "griffin-lim" or there is none; then streaming Griffin-Lim."""
-
     choice = os.environ.get(ENV, "").strip().lower()
     if choice not in ("", "auto", "neural", "griffin-lim"):
         raise ValueError(f"{ENV}={choice!r}: expected griffin-lim, neural or auto")

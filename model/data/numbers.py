@@ -40,10 +40,8 @@ _SCALES = ((1_000_000, "million"), (1_000, "thousand"))
 MAX_SPELLED = 999_999_999
 
 # Single words with their values ("oh" as in "three oh five"; "hundred" alone as ASR may hear it).
-NUMBERS: dict[str, int] = (
-    {w: i for i, w in enumerate(UNITS)} | {w: 10 * i for i, w in enumerate(TENS) if w} | {"hundred": 100, "oh": 0}
-)
 _TENS_VALUE = {w: 10 * i for i, w in enumerate(TENS) if w}
+NUMBERS: dict[str, int] = {w: i for i, w in enumerate(UNITS)} | _TENS_VALUE | {"hundred": 100, "oh": 0}
 _SCALE_VALUE = {name: value for value, name in _SCALES}
 _ORDINAL = {
     "one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
