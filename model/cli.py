@@ -70,6 +70,12 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
         default=d.hold_weight,
         help="loss weight of <pad> inside a user's pause (default: that of any <pad>; see model/train/dataset.py)",
     )
+    p.add_argument(
+        "--augment-voices",
+        action="store_true",
+        help="draw each training crop's user a new voice: formant warp, level, tilt, noise, a band mask "
+        "(model/train/augment.py)",
+    )
     p.set_defaults(func=run_train)
 
 
@@ -78,6 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from infra.logging import configure_logging
     from model.checkpoint import load_checkpoint, save_checkpoint
+    from model.train.augment import VoiceAugment
     from model.train.dataset import DatasetError
     from model.train.trainer import BEST, TrainConfig, Trainer
 
@@ -92,6 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
         val_every=args.val_every,
         select=args.select,
         hold_weight=args.hold_weight,
+        augment=VoiceAugment() if args.augment_voices else None,
     )
     if args.val_every < 0:
         print("error: --val-every must be >= 0", file=sys.stderr)

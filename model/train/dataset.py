@@ -39,6 +39,7 @@ from model.config import ModelConfig
 from model.dmel import log_mel_offline, mel_to_unit, quantize
 from model.positions import Positions, concat, input_positions, output_position, pad_time, stack
 from model.tokenizer import Tokenizer
+from model.train.augment import Perturbation
 from model.vision import frame_to_patches
 
 ASSISTANT = "SPEAKER_MAIN"
@@ -148,9 +149,11 @@ def build_example(
     max_turns: int | None = None,
     start: int = 0,
     hold_weight: float = PAD_WEIGHT,
+    perturb: Perturbation | None = None,
 ) -> Example:
     """Turns [start, start + max_turns) of a clip as one teacher-forced sequence; `hold_weight`
-    weighs `<pad>` targets inside the user's pauses (HOLD_EVENTS)."""
+    weighs `<pad>` targets inside the user's pauses (HOLD_EVENTS); `perturb` changes the user's
+    voice (model/train/augment.py)."""
     S, P, Fp = cfg.turn_samples, cfg.positions_per_turn, cfg.frames_per_position
     pos_s = cfg.position_ms / 1000
     n_total = len(clip.user) // S - 1  # the last turn needs the next turn's assistant audio
@@ -166,6 +169,8 @@ def build_example(
     a_pad = torch.from_numpy(clip.assistant[max(0, t0 - tail) : (end + 1) * S])
     skip = (tail if t0 > 0 else 0) // cfg.hop_length
     user_mel = log_mel_offline(u_pad, cfg)[skip:]  # (frames, M)
+    if perturb is not None:
+        user_mel = perturb.apply(user_mel, cfg)
     asst_mel = log_mel_offline(a_pad, cfg)[skip:]
     assert user_mel.shape[0] == len(user) // cfg.hop_length and asst_mel.shape[0] == len(asst) // cfg.hop_length
     user_bins, asst_bins = quantize(user_mel, cfg), quantize(asst_mel, cfg)

@@ -44,6 +44,7 @@ from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig
 from model.interaction import InteractionModel
 from model.tokenizer import Tokenizer
+from model.train.augment import VoiceAugment
 from model.train.dataset import PAD_WEIGHT, Clip, Example, build_example, collate, event_float, list_clips, load_clip
 from model.train.objective import compute_losses
 
@@ -72,6 +73,7 @@ class TrainConfig:
     val_batches: int = 8
     event_crop_p: float = 0.5
     hold_weight: float = PAD_WEIGHT  # <pad> inside a user's pause (model/train/dataset.py)
+    augment: VoiceAugment | None = None  # draws each training crop's user a new voice; never validation's
     whole_scenarios: tuple[str, ...] = ("timed_speech",)
     whole_max_turns: int = 100  # 20 s: a whole-clip crop never grows past this
 
@@ -204,14 +206,19 @@ class Trainer:
 
     # data -----------------------------------------------------------------------------------
     def batch_for(self, step: int) -> Example:
-        return self._batch(self.clips, random.Random(self.tcfg.seed * 1_000_003 + step))
+        return self._batch(self.clips, random.Random(self.tcfg.seed * 1_000_003 + step), self.tcfg.augment)
 
-    def _batch(self, clips: list[Clip], rnd: random.Random) -> Example:
-        examples = []
+    def _batch(self, clips: list[Clip], rnd: random.Random, augment: VoiceAugment | None = None) -> Example:
+        crops = []
         for _ in range(self.tcfg.batch_size):
             clip = clips[rnd.randrange(len(clips))]
-            start, max_turns = choose_crop(clip, self.cfg, self.tcfg, rnd)
-            examples.append(build_example(self.cfg, self.tokenizer, clip, max_turns, start, self.tcfg.hold_weight))
+            crops.append((clip, *choose_crop(clip, self.cfg, self.tcfg, rnd)))
+        # drawn after every crop: augmenting changes a batch's voices, never which crops it holds
+        perturbs = [augment.draw(rnd, self.cfg) if augment is not None else None for _ in crops]
+        examples = [
+            build_example(self.cfg, self.tokenizer, clip, max_turns, start, self.tcfg.hold_weight, perturb)
+            for (clip, start, max_turns), perturb in zip(crops, perturbs, strict=True)
+        ]
         return collate(examples)
 
     def val_set(self) -> list[tuple[Example, torch.Generator]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,9 +14,11 @@ import torch
 import infra.logging
 import model.cli
 from model.checkpoint import load_checkpoint
+from model.config import ModelConfig
 from model.tokenizer import Tokenizer
+from model.train.augment import VoiceAugment
 from model.train.dataset import Clip, Example
-from model.train.trainer import Best, Trainer, choose_crop, event_times
+from model.train.trainer import Best, TrainConfig, Trainer, choose_crop, event_times
 from signaling.cli import main
 from tests.model.conftest import micro_config
 from tests.model.train.conftest import SR, tcfg, write_clip
@@ -259,3 +262,19 @@ def test_cli_train_without_validation_exports_the_final(
     assert main([*argv[:-2], "--val-every", "-1"]) == 2
     assert main([*argv[:-2], "--hold-weight", "-1"]) == 2
     assert "--hold-weight must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("micro_preset")
+def test_cli_train_augments_voices_on_request(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[object] = []
+    real = Trainer.__init__
+
+    def spy(self: Trainer, cfg: ModelConfig, tcfg: TrainConfig, *a: Any, **kw: Any) -> None:
+        seen.append(tcfg.augment)
+        real(self, cfg, tcfg, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "__init__", spy)
+    argv = ["train", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--steps", "1", "--batch-size", "1",
+            "--crop-turns", "8"]  # fmt: skip
+    assert main([*argv, "--augment-voices"]) == 0 and main([*argv[:4], str(tmp_path / "run2"), *argv[5:]]) == 0
+    assert seen == [VoiceAugment(), None]
