@@ -32,7 +32,17 @@ TEST_PACKAGES=(
   gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad
   gstreamer1.0-tools
+  # MBROLA diphone voices: a third family of training users (model/data/scenarios.py);
+  # Debian ships mbrola in contrib and its voices in non-free (enabled below when missing)
+  mbrola
+  mbrola-us1
+  mbrola-us2
+  mbrola-en1
 )
+# Packages outside Debian's main component (installing one enables contrib and non-free).
+NONFREE_PACKAGES=(mbrola mbrola-us1 mbrola-us2 mbrola-en1)
+SOURCES_DIR="${MICROTURN_APT_SOURCES_DIR:-/etc/apt/sources.list.d}"
+OS_RELEASE="${MICROTURN_OS_RELEASE:-/etc/os-release}"
 
 die() { echo "microturn: $*" >&2; exit 1; }
 
@@ -83,6 +93,25 @@ echo "microturn: installing system packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 # Wait for another apt/dpkg run (unattended upgrades, a parallel make) instead of failing.
 apt=(apt-get -o DPkg::Lock::Timeout=300)
+
+# A missing contrib/non-free package: add those components for this Debian release in a
+# sources file of our own (once), and read the package lists again.
+stale=0
+for p in "${missing[@]}"; do
+  case " ${NONFREE_PACKAGES[*]} " in *" $p "*) ;; *) continue ;; esac
+  sources="$SOURCES_DIR/microturn-contrib-non-free.sources"
+  if [ ! -e "$sources" ]; then
+    codename=$(. "$OS_RELEASE" 2>/dev/null && [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}" || true)
+    [ -n "$codename" ] || die "$p is in Debian's contrib/non-free components, and this is not a Debian release it knows; install: ${NONFREE_PACKAGES[*]}"
+    echo "microturn: enabling Debian's contrib and non-free components for the MBROLA voices ($sources)" >&2
+    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$codename" > "$sources"
+    stale=1
+  fi
+  break
+done
+[ "$stale" = 1 ] && { "${apt[@]}" update -q >/dev/null || die "apt-get update failed after adding $sources"; }
+
 # A fresh image often has no package lists yet: update only when the install fails.
 if ! "${apt[@]}" install -y -q "${missing[@]}" >/dev/null 2>&1; then
   "${apt[@]}" update -q >/dev/null || die "apt-get update failed; run: apt-get update && apt-get install -y ${missing[*]}"

@@ -26,6 +26,11 @@ NEEDED_BY_TESTS = {
     "gstreamer1.0-plugins-base",
     "gstreamer1.0-plugins-good",
     "gstreamer1.0-plugins-bad",
+    # MBROLA training voices: tests/model/data/test_espeak.py, test_generate.py (train clips)
+    "mbrola",
+    "mbrola-us1",
+    "mbrola-us2",
+    "mbrola-en1",
 }
 
 FAKE_DPKG_QUERY = """#!/bin/sh
@@ -53,7 +58,7 @@ exit 0
 
 def _fake_bin(tmp_path: Path, uid: int) -> Path:
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     for name, body in {
         "dpkg-query": FAKE_DPKG_QUERY,
         "apt-get": FAKE_APT_GET,
@@ -74,6 +79,7 @@ def _run(
     uid: int = 1000,
     stale: bool = False,
     py: str = sys.executable,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """Runs the script with the fakes; returns the process and the apt-get calls it made."""
     bin_dir = _fake_bin(tmp_path, uid)
@@ -85,6 +91,8 @@ def _run(
         "FAKE_CONFIG_ONLY": config_only,
         "FAKE_LOG": str(log),
         "FAKE_APT_STALE": "1" if stale else "",
+        "MICROTURN_APT_SOURCES_DIR": str(tmp_path / "sources.list.d"),  # never the machine's
+        **(extra_env or {}),
     }
     proc = subprocess.run(["bash", str(SCRIPT), target], env=env, capture_output=True, text=True, timeout=30)
     calls = log.read_text().splitlines() if log.exists() else []
@@ -142,6 +150,36 @@ def test_root_without_package_lists_updates_then_installs(tmp_path: Path) -> Non
         ["update", "-q"],
         ["install", "-y", "-q", "sox"],
     ]
+
+
+def _os_release(tmp_path: Path, text: str) -> dict[str, str]:
+    (tmp_path / "sources.list.d").mkdir(exist_ok=True)
+    path = tmp_path / "os-release"
+    path.write_text(text)
+    return {"MICROTURN_OS_RELEASE": str(path)}
+
+
+def test_a_missing_nonfree_voice_enables_contrib_and_non_free_once(tmp_path: Path) -> None:
+    env = _os_release(tmp_path, 'ID=debian\nVERSION_CODENAME="bookworm"\n')
+    proc, calls = _run(tmp_path, "test", missing="mbrola-us1 sox", uid=0, extra_env=env)
+    assert proc.returncode == 0, proc.stderr
+    sources = tmp_path / "sources.list.d" / "microturn-contrib-non-free.sources"
+    lines = sources.read_text().splitlines()
+    assert "Suites: bookworm" in lines and "Components: contrib non-free" in lines
+    assert "enabling Debian's contrib and non-free" in proc.stderr
+    # the new components' package lists are read before the install
+    assert len(calls) == 2 and calls[0].endswith("update -q") and calls[1].endswith("install -y -q sox mbrola-us1")
+    (tmp_path / "apt.log").unlink()
+    proc, calls = _run(tmp_path, "test", missing="mbrola-us1", uid=0, extra_env=env)
+    assert proc.returncode == 0 and "enabling" not in proc.stderr
+    assert len(calls) == 1 and "update" not in calls[0]
+
+
+def test_a_nonfree_voice_on_another_system_stops_with_one_line(tmp_path: Path) -> None:
+    env = _os_release(tmp_path, "ID=ubuntu\nVERSION_CODENAME=noble\n")
+    proc, calls = _run(tmp_path, "test", missing="mbrola-en1", uid=0, extra_env=env)
+    assert proc.returncode == 1 and calls == []
+    assert proc.stderr.splitlines()[-1].startswith("microturn: mbrola-en1 is in Debian's contrib/non-free components")
 
 
 def test_run_target_ignores_test_only_packages(tmp_path: Path) -> None:

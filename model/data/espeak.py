@@ -24,6 +24,15 @@ Events -> alignment:
    end of the span. This takes the pause the engine inserts at commas and sentence ends
    (and its quiet decay) out of the preceding word.
 
+MBROLA voices (``mb-us1``, ``mb-en1``, ...: espeak-ng's phonemes and prosody, spoken by the
+``mbrola`` diphone synthesizer from recorded voices, a family of its own) report a WORD event
+for a sentence's first word only, but a PHONEME event for every phoneme, whose character
+offset points at its word for a word's first phoneme (later phonemes carry stale offsets). A
+word's start is therefore its first non-pause phoneme whose offset falls inside it, taken in
+order (`_mbrola_word_events`), moved MBROLA_LAG_MS earlier (the events trail the sound); the
+rest of the alignment is the same. They speak at their
+database's rate (16 kHz for the English ones).
+
 Tokens with no letters or digits (``-``, ``...``) are not words and are dropped. The engine
 runs some short function words together (``of the``, ``for a``: one event); a token without
 an event of its own shares its neighbour's span, split in proportion to length (the only
@@ -52,6 +61,7 @@ import ctypes
 import ctypes.util
 import functools
 import re
+import shutil
 import subprocess
 import threading
 from dataclasses import asdict, dataclass
@@ -76,6 +86,14 @@ _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM_RATE, _PARAM_PITCH, _PARAM_RANGE = 1, 3, 4
 _EV_LIST_TERMINATED, _EV_WORD, _EV_SENTENCE, _EV_END, _EV_MSG_TERMINATED = 0, 1, 2, 5, 6
+_EV_PHONEME = 7
+MBROLA_PREFIX = "mb-"  # espeak-ng's name for a voice spoken by mbrola
+MBROLA_DATA = Path("/usr/share/mbrola")  # where Debian's mbrola-<voice> packages put the databases
+# MBROLA's events trail its sound: a word after a pause starts 31-57 ms before its event (us1,
+# us2, us3, en1, measured on sound onsets after silence). Moving every event back by the longest lag
+# puts a boundary after a pause inside the silence, where snapping finds both edges; a word
+# inside a phrase may start up to 30 ms early
+MBROLA_LAG_MS = 60
 _EE_OK = 0
 
 _WORD_RE = re.compile(r"\S+")
@@ -165,6 +183,8 @@ class _Engine:
         lib.espeak_Synth.restype = ctypes.c_int
         lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
         lib.espeak_Info.restype = ctypes.c_char_p
+        lib.espeak_ng_GetSampleRate.argtypes = []
+        lib.espeak_ng_GetSampleRate.restype = ctypes.c_int
         rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_DONT_EXIT)
         if rate != ENGINE_RATE:
             raise EspeakError(f"espeak-ng initialization returned {rate}, expected sample rate {ENGINE_RATE}")
@@ -174,6 +194,7 @@ class _Engine:
         self.lib = lib
         self._chunks: list[np.ndarray] = []
         self._events: list[tuple[int, int, int, int]] = []  # type, text_position, length, ms
+        self._phonemes: list[tuple[int, int, str]] = []  # text_position, ms, phoneme name
         self._callback = _CALLBACK(self._on_audio)  # keep a reference: ctypes does not
         lib.espeak_SetSynthCallback(self._callback)
         self._voice: str | None = None
@@ -184,13 +205,17 @@ class _Engine:
         i = 0
         while events[i].type != _EV_LIST_TERMINATED:
             e = events[i]
-            self._events.append((e.type, e.text_position, e.length, e.audio_position))
+            if e.type == _EV_PHONEME:
+                self._phonemes.append((e.text_position, e.audio_position, e.id.decode("ascii", "replace")))
+            else:
+                self._events.append((e.type, e.text_position, e.length, e.audio_position))
             i += 1
         return 0  # 0 = continue
 
     def synth(
         self, text: str, voice: str, rate: int, pitch: int, pitch_range: int
-    ) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    ) -> tuple[np.ndarray, list[tuple[int, int, int, int]], int]:
+        """int16 audio, events (MBROLA's phonemes turned into word events) and the audio's rate."""
         if voice != self._voice:
             if self.lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
                 self._voice = None
@@ -198,13 +223,19 @@ class _Engine:
             self._voice = voice
         for param, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch), (_PARAM_RANGE, pitch_range)):
             self.lib.espeak_SetParameter(param, int(value), 0)
-        self._chunks, self._events = [], []
+        self._chunks, self._events, self._phonemes = [], [], []
         buf = text.encode("utf-8") + b"\0"
         err = self.lib.espeak_Synth(buf, len(buf), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if err != _EE_OK:
             raise EspeakError(f"espeak_Synth failed with code {err} for {text!r}")
         pcm = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        return pcm, self._events
+        events = self._events
+        if voice.startswith(MBROLA_PREFIX):
+            events = [e for e in events if e[0] != _EV_WORD] + _mbrola_word_events(text, self._phonemes)
+            events = [(t, pos, n, max(0, ms - MBROLA_LAG_MS)) for t, pos, n, ms in events]
+        # the voice's rate: MBROLA's is its database's (the SAMPLERATE event comes only when a
+        # voice is loaded, so the engine is asked)
+        return pcm, events, self.lib.espeak_ng_GetSampleRate()
 
 
 _lock = threading.Lock()
@@ -229,17 +260,40 @@ def list_variants() -> tuple[str, ...]:
 @functools.cache
 def list_languages(prefix: str = "en") -> tuple[str, ...]:
     """Language voices espeak-ng accepts as the base of a voice spec (the files under
-    ``espeak-ng-data/lang``, lower-cased; MBROLA voices need a separate program and are not
-    listed). ``en`` is British English; ``en-gb`` is not a voice file and is refused."""
+    ``espeak-ng-data/lang``, lower-cased; MBROLA voices are `list_mbrola`'s). ``en`` is
+    British English; ``en-gb`` is not a voice file and is refused."""
     with _lock:
         lang_dir = _get_engine().data_dir / "lang"
     names = {p.name.lower() for p in lang_dir.rglob("*") if p.is_file()}
     return tuple(sorted(n for n in names if n == prefix or n.startswith(prefix + "-")))
 
 
+@functools.cache
+def list_mbrola(prefix: str = "en") -> tuple[str, ...]:
+    """MBROLA voices (``mb-us1``) for language ``prefix`` that can speak here: espeak-ng's voice
+    file, the ``mbrola`` program and the voice's database (Debian's mbrola-<voice> package)."""
+    with _lock:
+        mb_dir = _get_engine().data_dir / "voices" / "mb"
+    if not mb_dir.is_dir() or shutil.which("mbrola") is None:
+        return ()
+    out = []
+    for f in sorted(mb_dir.iterdir()):
+        db = f.name.removeprefix(MBROLA_PREFIX)
+        lines = f.read_text(errors="replace").splitlines()
+        lang = next((ln.split()[1] for ln in lines if ln.startswith("language")), "")
+        if "-" not in db and lang.startswith(prefix) and (MBROLA_DATA / db / db).is_file():
+            out.append(f.name)
+    return tuple(out)
+
+
 def check_voice(name: str) -> None:
-    """Raise ValueError unless ``name`` is ``language[+variant]`` with both parts installed.
-    (espeak-ng silently ignores an unknown variant, so this is checked here.)"""
+    """Raise ValueError unless ``name`` is ``language[+variant]`` with both parts installed, or
+    an installed MBROLA voice. (espeak-ng silently ignores an unknown variant, so this is
+    checked here.)"""
+    if name.startswith(MBROLA_PREFIX):
+        if name not in list_mbrola(""):
+            raise ValueError(f"MBROLA voice {name!r} is not installed (Debian: mbrola and mbrola-{name[3:]})")
+        return
     base, _, variant = name.partition("+")
     if base.lower() not in list_languages(base.split("-")[0].lower()):
         raise ValueError(f"unknown espeak-ng language {base!r} in voice {name!r}")
@@ -271,8 +325,10 @@ def synthesize(
 @functools.lru_cache(maxsize=512)
 def _synthesize_cached(text: str, voice: str, rate: int, pitch: int, pitch_range: int) -> Utterance:
     with _lock:
-        pcm, events = _get_engine().synth(text, voice, rate, pitch, pitch_range)
-    audio = resample_poly(pcm.astype(np.float32) / 32768.0, SAMPLE_RATE, ENGINE_RATE).astype(np.float32)
+        pcm, events, sr = _get_engine().synth(text, voice, rate, pitch, pitch_range)
+    audio = pcm.astype(np.float32) / 32768.0
+    if sr != SAMPLE_RATE:
+        audio = resample_poly(audio, SAMPLE_RATE, sr).astype(np.float32)
     words = _align(text, events, audio)
     audio, words = _trim(audio, words)
     audio.setflags(write=False)
@@ -357,6 +413,22 @@ def _align(text: str, events: list[tuple[int, int, int, int]], audio: np.ndarray
         cuts = [start + float(w) * (end - start) for w in weights]
         words.extend(Word(t, cuts[k], cuts[k + 1]) for k, t in enumerate(texts))
     return words
+
+
+def _mbrola_word_events(text: str, phonemes: list[tuple[int, int, str]]) -> list[tuple[int, int, int, int]]:
+    """One WORD event per token, at the first non-pause phoneme whose 1-based offset falls in
+    it, tokens in order: a phoneme pointing back at an earlier word is a stale offset."""
+    tokens = [(m.start(), m.end()) for m in _WORD_RE.finditer(text)]
+    out: list[tuple[int, int, int, int]] = []
+    last = -1
+    for pos, ms, name in phonemes:
+        if name.startswith("_"):  # a pause
+            continue
+        i = next((k for k, (a, b) in enumerate(tokens) if a <= pos - 1 < b), None)
+        if i is not None and i > last:
+            out.append((_EV_WORD, pos, tokens[i][1] - tokens[i][0], ms))
+            last = i
+    return out
 
 
 def _trim(audio: np.ndarray, words: list[Word]) -> tuple[np.ndarray, list[Word]]:

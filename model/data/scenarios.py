@@ -57,7 +57,8 @@ MAX_STOP_DELAY = 0.30  # the assistant is silent this long after an interruption
 
 @dataclass(frozen=True)
 class VoicePool:
-    """espeak-ng voices ``language+variant`` and the prosody ranges a speaker is drawn from."""
+    """espeak-ng voices ``language+variant`` and the prosody ranges a speaker is drawn from.
+    No variants: the languages are whole voices (MBROLA's ``mb-us1``, which take no variant)."""
 
     languages: tuple[str, ...]
     variants: tuple[str, ...]
@@ -66,11 +67,14 @@ class VoicePool:
     pitch_range: tuple[int, int] = (35, 75)
 
     def names(self) -> tuple[str, ...]:
+        if not self.variants:
+            return self.languages
         return tuple(f"{lang}+{var}" for lang in self.languages for var in self.variants)
 
     def draw(self, rng: np.random.Generator) -> Voice:
+        lang = _choice(rng, self.languages)
         return Voice(
-            name=f"{_choice(rng, self.languages)}+{_choice(rng, self.variants)}",
+            name=f"{lang}+{_choice(rng, self.variants)}" if self.variants else lang,
             rate=int(rng.integers(self.rate[0], self.rate[1] + 1)),
             pitch=int(rng.integers(self.pitch[0], self.pitch[1] + 1)),
             pitch_range=int(rng.integers(self.pitch_range[0], self.pitch_range[1] + 1)),
@@ -100,18 +104,25 @@ class FlitePool:
 
 @dataclass(frozen=True)
 class SpeakerPool:
-    """One role's voices: espeak-ng and/or flite, flite drawn with probability ``flite_share``."""
+    """One role's voices: espeak-ng and/or flite, flite drawn with probability ``flite_share``;
+    and MBROLA's, drawn first with probability ``mbrola_share``."""
 
     espeak: VoicePool | None = None
     flite: FlitePool | None = None
     flite_share: float = 0.0
+    mbrola: VoicePool | None = None
+    mbrola_share: float = 0.0
 
     def names(self) -> tuple[str, ...]:
         """Every voice name this pool can draw (flite voices as ``flite:<name>``)."""
         espeak = self.espeak.names() if self.espeak is not None else ()
-        return espeak + tuple(f"flite:{n}" for n in (self.flite.names if self.flite is not None else ()))
+        mbrola = self.mbrola.names() if self.mbrola is not None else ()
+        return espeak + mbrola + tuple(f"flite:{n}" for n in (self.flite.names if self.flite is not None else ()))
 
     def draw(self, rng: np.random.Generator) -> Speaker:
+        # without an MBROLA pool no number is drawn here, so such pools draw as they always did
+        if self.mbrola is not None and rng.random() < self.mbrola_share:
+            return self.mbrola.draw(rng)
         if self.flite is not None and (self.espeak is None or rng.random() < self.flite_share):
             return self.flite.draw(rng)
         assert self.espeak is not None
@@ -210,9 +221,16 @@ _HELDOUT_ESPEAK = {
 # the assistant: one ASR-readable voice everywhere (module doc); users: espeak-ng and flite
 ASSISTANT_VOICE = SpeakerPool(flite=FlitePool(("slt",), stretch=(0.95, 1.08)))
 FLITE_USER_SHARE = 0.3
+# MBROLA's diphone voices, a third family (recorded speech, not formants or units): training
+# users only. mb-us3 lacks diphones espeak-ng's American phonemes need (one sentence in three
+# has a hole where mbrola warns "O2-n unknown"), so it is left out
+MBROLA_TRAIN_USERS = VoicePool(("mb-us1", "mb-us2", "mb-en1"), (), rate=(135, 200), pitch=(35, 65))
+MBROLA_USER_SHARE = 0.3
 _TRAIN_VOICES = {
     ASSISTANT: ASSISTANT_VOICE,
-    USER: SpeakerPool(_TRAIN_ESPEAK[USER], FlitePool(("rms", "kal16")), FLITE_USER_SHARE),
+    USER: SpeakerPool(
+        _TRAIN_ESPEAK[USER], FlitePool(("rms", "kal16")), FLITE_USER_SHARE, MBROLA_TRAIN_USERS, MBROLA_USER_SHARE
+    ),
 }
 _HELDOUT_VOICES = {
     ASSISTANT: ASSISTANT_VOICE,

@@ -101,7 +101,8 @@ def test_library_matches_cli_in_fresh_process() -> None:
         import numpy as np
         from model.data import espeak
         text = "Say tick every three seconds until I say stop."
-        pcm, _ = espeak._get_engine().synth(text, "en-us+f2", 160, 40, 50)
+        pcm, _, rate = espeak._get_engine().synth(text, "en-us+f2", 160, 40, 50)
+        assert rate == espeak.ENGINE_RATE
         cli = espeak.synthesize_cli(text, "en-us+f2", 160, 40)
         n = len(pcm)
         assert n > 20000 and len(cli) >= n, (n, len(cli))
@@ -114,3 +115,61 @@ def test_library_matches_cli_in_fresh_process() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "same"
+
+
+# MBROLA voices ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("voice", ["mb-us1", "mb-us2", "mb-en1"])
+def test_mbrola_voices_speak_every_word_on_its_sound(voice: str) -> None:
+    utt = synthesize(TEXT, voice, rate=165, pitch=50)
+    assert [w.text for w in utt.words] == TEXT.split()
+    for a, b in zip(utt.words, utt.words[1:], strict=False):
+        assert a.start < a.end <= b.start + 1e-9
+    sr = SAMPLE_RATE
+    inside = np.zeros(len(utt.audio), bool)
+    for w in utt.words:
+        inside[round(w.start * sr) : round(w.end * sr)] = True
+    energy = np.square(utt.audio, dtype=np.float64)
+    assert energy[inside].sum() / energy.sum() > 0.98
+    # the pause after "29?" lies between words: the next word starts where its sound does
+    # (MBROLA's events trail the sound by 30-60 ms, corrected by MBROLA_LAG_MS)
+    q = next(i for i, w in enumerate(utt.words) if w.text == "29?")
+    after = utt.words[q + 1]
+    loud = np.nonzero(espeak._frame_db(utt.audio) > -35.0)[0] * 0.005
+    onset = loud[loud >= utt.words[q].end + 0.05][0]
+    assert abs(after.start - onset) <= 0.015, (after, onset)
+    assert after.start - utt.words[q].end > 0.1
+
+
+def test_mbrola_word_events_take_each_words_first_sounding_phoneme() -> None:
+    text = "Well, 25 okay."  # tokens at 1-based offsets 1, 7, 10
+    phonemes = [
+        (1, 10, "w"),
+        (0, 60, "E"),
+        (1, 80, "l"),  # a later phoneme of the same word
+        (5, 120, "_:"),  # the comma's pause, pointing at the comma
+        (7, 300, "t"),
+        (8, 420, "f"),  # "five" of the same number token
+        (3, 470, "aI"),  # a stale offset back into "Well,"
+        (10, 600, "oU"),
+    ]
+    events = espeak._mbrola_word_events(text, phonemes)
+    assert [(pos, ms) for _, pos, _, ms in events] == [(1, 10), (7, 300), (10, 600)]
+
+
+def test_mbrola_voices_are_listed_and_checked() -> None:
+    assert {"mb-us1", "mb-us2", "mb-en1"} <= set(espeak.list_mbrola())
+    espeak.check_voice("mb-us1")
+    with pytest.raises(ValueError, match="MBROLA voice 'mb-zz9' is not installed"):
+        espeak.check_voice("mb-zz9")
+
+
+def test_mbrola_keeps_its_rate_across_utterances() -> None:
+    """The engine announces MBROLA's 16 kHz only when the voice is loaded: later utterances in
+    the same voice must not be read at the formant voices' 22,050 Hz."""
+    uncached = espeak._synthesize_cached.__wrapped__
+    first = uncached("Let the dough rise for two hours.", "mb-en1", 170, 50, 50)
+    uncached("Then bake it.", "mb-en1", 170, 50, 50)
+    again = uncached("Let the dough rise for two hours.", "mb-en1", 170, 50, 50)
+    # the engine's state between utterances moves a few ms; a wrong rate would move 27 %
+    assert len(again.audio) == pytest.approx(len(first.audio), rel=0.02)
+    assert again.words[-1].end == pytest.approx(first.words[-1].end, abs=0.02)

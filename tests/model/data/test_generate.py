@@ -248,9 +248,11 @@ def test_noise_and_long_silences(clips: dict[str, list[ClipFiles]]) -> None:
 def test_heldout_voices_are_disjoint() -> None:
     train, held = sc.VOICES["train"][sc.USER], sc.VOICES["heldout"][sc.USER]
     assert not set(train.names()) & set(held.names())
-    # users come from two synthesizer families in both splits
+    # users come from two synthesizer families in both splits, and training adds MBROLA's
     for pool in (train, held):
         assert pool.espeak is not None and pool.flite is not None and 0 < pool.flite_share < 1
+    assert train.mbrola is not None and 0 < train.mbrola_share < 1 and held.mbrola is None
+    assert all(n.startswith("mb-") for n in train.mbrola.names()) and "mb-us3" not in train.mbrola.names()
     # espeak-ng variants and accents differ too, not just their combinations
     assert train.espeak is not None and held.espeak is not None
     assert not set(train.espeak.languages) & set(held.espeak.languages)
