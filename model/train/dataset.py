@@ -68,8 +68,10 @@ class DatasetError(ValueError):
 @dataclass
 class Clip:
     clip_id: str
-    assistant: np.ndarray  # (N,) float32 16 kHz
-    user: np.ndarray  # (N,) float32 16 kHz
+    # (N,) 16 kHz, float32 in [-1, 1] or int16 as a PCM_16 file holds it: a training set lives in
+    # RAM, and int16 halves it; crops are read as float32 (`pcm`), the same values either way
+    assistant: np.ndarray
+    user: np.ndarray
     words: list[tuple[str, float, float, str]]  # (word, start, end, speaker)
     events: list[dict[str, object]] = field(default_factory=list)
     scenario: str = ""
@@ -84,7 +86,8 @@ class Clip:
 def load_clip(wav: Path) -> Clip:
     """Read `<id>.wav`, `<id>.json` and (if present) `<id>.events.json`."""
     try:
-        audio, sr = sf.read(str(wav), dtype="float32", always_2d=True)
+        dtype = "int16" if sf.info(str(wav)).subtype == "PCM_16" else "float32"
+        audio, sr = sf.read(str(wav), dtype=dtype, always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as e:
         raise DatasetError(f"{wav}: unreadable audio: {e}") from e
     if sr != 16000 or audio.shape[1] != 2:
@@ -161,12 +164,12 @@ def build_example(
         raise DatasetError(f"{clip.clip_id}: shorter than two micro-turns")
     end = n_total if max_turns is None else min(n_total, start + max_turns)
     t0 = start * S
-    user = torch.from_numpy(clip.user[t0 : end * S])
-    asst = torch.from_numpy(clip.assistant[t0 : (end + 1) * S])
+    user = pcm(clip.user[t0 : end * S])
+    asst = pcm(clip.assistant[t0 : (end + 1) * S])
     # the first frame of the crop needs the 400-sample tail before it: compute over the tail too
     tail = cfg.hop_length
-    u_pad = torch.from_numpy(clip.user[max(0, t0 - tail) : end * S])
-    a_pad = torch.from_numpy(clip.assistant[max(0, t0 - tail) : (end + 1) * S])
+    u_pad = pcm(clip.user[max(0, t0 - tail) : end * S])
+    a_pad = pcm(clip.assistant[max(0, t0 - tail) : (end + 1) * S])
     skip = (tail if t0 > 0 else 0) // cfg.hop_length
     user_mel = log_mel_offline(u_pad, cfg)[skip:]  # (frames, M)
     if perturb is not None:
@@ -261,6 +264,13 @@ def build_example(
         turn_target=torch.tensor([turn_t]),
         n_turns=end - start,
     )
+
+
+def pcm(x: np.ndarray) -> torch.Tensor:
+    """Samples as float32 in [-1, 1]: int16 scaled as soundfile reads PCM_16 (exactly)."""
+    if x.dtype == np.int16:
+        return torch.from_numpy(x.astype(np.float32) / 32768.0)
+    return torch.from_numpy(x)
 
 
 def assistant_turns(words: list[tuple[str, float, float, str]]) -> list[list[tuple[str, float, float, str]]]:

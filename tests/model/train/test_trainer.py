@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from model.checkpoint import load_checkpoint
@@ -35,6 +37,20 @@ def test_example_alignment(data_dir: Path, tokenizer: Tokenizer) -> None:
     # the background result sits in IN of turn 14 (2.9 s)
     streams = ex.positions.stream[0]
     assert int((streams == 4).sum()) == 1 + len(tokenizer.encode("12:00"))
+
+
+def test_pcm16_clips_stay_int16_and_build_the_same_example(data_dir: Path, tokenizer: Tokenizer) -> None:
+    cfg = micro_config(window=1024)
+    wav = data_dir / "train" / "clip1.wav"  # written as PCM_16 (soundfile's default for .wav)
+    clip = load_clip(wav)
+    assert clip.user.dtype == clip.assistant.dtype == np.int16  # half the RAM of float32
+    audio, _ = sf.read(str(wav), dtype="float32", always_2d=True)
+    as_float = replace(clip, assistant=audio[:, 0].copy(), user=audio[:, 1].copy())
+    a, b = build_example(cfg, tokenizer, clip, 12, 3), build_example(cfg, tokenizer, as_float, 12, 3)
+    for name in ("text_target", "caption_target", "mel_target", "text_weight", "turn_target"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.equal(a.positions.audio, b.positions.audio)
+    assert torch.any(a.positions.audio > 0)  # the user's tone reached the bins
 
 
 @pytest.mark.timeout(300)  # ~50 steps: minutes when the 2 shared cores are busy
