@@ -30,8 +30,8 @@ for a sentence's first word only, but a PHONEME event for every phoneme, whose c
 offset points at its word for a word's first phoneme (later phonemes carry stale offsets). A
 word's start is therefore its first non-pause phoneme whose offset falls inside it, taken in
 order (`_mbrola_word_events`), moved MBROLA_LAG_MS earlier (the events trail the sound); the
-rest of the alignment is the same. They speak at their
-database's rate (16 kHz for the English ones).
+rest of the alignment is the same. They speak at their database's rate (16 kHz for the
+English ones).
 
 Tokens with no letters or digits (``-``, ``...``) are not words and are dropped. The engine
 runs some short function words together (``of the``, ``for a``: one event); a token without
@@ -90,9 +90,9 @@ _EV_PHONEME = 7
 MBROLA_PREFIX = "mb-"  # espeak-ng's name for a voice spoken by mbrola
 MBROLA_DATA = Path("/usr/share/mbrola")  # where Debian's mbrola-<voice> packages put the databases
 # MBROLA's events trail its sound: a word after a pause starts 31-57 ms before its event (us1,
-# us2, us3, en1, measured on sound onsets after silence). Moving every event back by the longest lag
-# puts a boundary after a pause inside the silence, where snapping finds both edges; a word
-# inside a phrase may start up to 30 ms early
+# us3, en1, measured on sound onsets after silence). Moving every event back by the longest
+# lag puts a boundary after a pause inside the silence, where snapping finds both edges; a
+# word inside a phrase may start up to 30 ms early
 MBROLA_LAG_MS = 60
 _EE_OK = 0
 
