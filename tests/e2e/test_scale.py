@@ -144,6 +144,8 @@ async def test_calls_spread_over_workers_a_full_cluster_is_503_and_a_new_worker_
 
 
 async def start_calls(c: Cluster, http: aiohttp.ClientSession, n: int) -> list[Caller]:
+    # the edge sees a worker that registered on its pool's next refresh, not at once
+    await wait_until(lambda: c.pool.stats().capacity >= n, 10)
     speech = synthetic_speech(2.0)
     callers = []
     for i in range(n):
