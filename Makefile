@@ -51,7 +51,8 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_engine.py
 	$(BIN)/python tests/bench/bench_scale.py
 
-checkpoint: $(STAMP)
+# the synthesizers that make the data (espeak-ng, MBROLA, flite) are in the test target's packages
+checkpoint: system-deps-test $(STAMP)
 	$(BIN)/python -m model.data.generate --out data/synth --n $(TRAIN_CLIPS) --split train --seed 0 --workers 2 \
 		--scenarios $(TRAIN_SCENARIOS)
 	$(BIN)/python -m model.data.generate --out data/synth-vis --n $(VISUAL_CLIPS) --split train --seed 10 --workers 2 \

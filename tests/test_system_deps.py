@@ -200,8 +200,8 @@ def test_python_without_ensurepip_needs_python3_venv(tmp_path: Path) -> None:
     ]
 
 
-@pytest.mark.parametrize("target", ["test", "run"])
-def test_make_target_runs_the_system_deps_step_first(target: str) -> None:
+@pytest.mark.parametrize(("target", "packages"), [("test", "test"), ("run", "run"), ("checkpoint", "test")])
+def test_make_target_runs_the_system_deps_step_first(target: str, packages: str) -> None:
     out = subprocess.run(
         ["make", "-n", "-C", str(ROOT), target],
         capture_output=True,
@@ -209,8 +209,9 @@ def test_make_target_runs_the_system_deps_step_first(target: str) -> None:
         check=True,
     ).stdout
     lines = out.splitlines()
-    step = next(i for i, line in enumerate(lines) if f"scripts/system-deps.sh {target}" in line)
-    main = next(i for i, line in enumerate(lines) if "pytest" in line or "microturn serve" in line)
+    step = next(i for i, line in enumerate(lines) if f"scripts/system-deps.sh {packages}" in line)
+    mains = ("pytest", "microturn serve", "model.data.generate")
+    main = next(i for i, line in enumerate(lines) if any(m in line for m in mains))
     assert step < main
 
 
