@@ -32,15 +32,12 @@ TEST_PACKAGES=(
   gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad
   gstreamer1.0-tools
-  # MBROLA diphone voices: a third family of training users (model/data/scenarios.py);
-  # Debian ships mbrola in contrib and its voices in non-free (enabled below when missing)
-  mbrola
-  mbrola-us1
-  mbrola-us2
-  mbrola-en1
 )
-# Packages outside Debian's main component (installing one enables contrib and non-free).
+# MBROLA diphone voices, a third family of training users (model/data/scenarios.py), also for
+# `make test`. Debian ships mbrola in contrib and its voices in non-free: installing one of
+# these enables those components (below).
 NONFREE_PACKAGES=(mbrola mbrola-us1 mbrola-us2 mbrola-en1)
+TEST_PACKAGES+=("${NONFREE_PACKAGES[@]}")
 SOURCES_DIR="${MICROTURN_APT_SOURCES_DIR:-/etc/apt/sources.list.d}"
 OS_RELEASE="${MICROTURN_OS_RELEASE:-/etc/os-release}"
 
@@ -96,21 +93,19 @@ apt=(apt-get -o DPkg::Lock::Timeout=300)
 
 # A missing contrib/non-free package: add those components for this Debian release in a
 # sources file of our own (once), and read the package lists again.
-stale=0
+nonfree=""
 for p in "${missing[@]}"; do
-  case " ${NONFREE_PACKAGES[*]} " in *" $p "*) ;; *) continue ;; esac
-  sources="$SOURCES_DIR/microturn-contrib-non-free.sources"
-  if [ ! -e "$sources" ]; then
-    codename=$(. "$OS_RELEASE" 2>/dev/null && [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}" || true)
-    [ -n "$codename" ] || die "$p is in Debian's contrib/non-free components, and this is not a Debian release it knows; install: ${NONFREE_PACKAGES[*]}"
-    echo "microturn: enabling Debian's contrib and non-free components for the MBROLA voices ($sources)" >&2
-    printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
-      "$codename" > "$sources"
-    stale=1
-  fi
-  break
+  case " ${NONFREE_PACKAGES[*]} " in *" $p "*) nonfree=$p; break ;; esac
 done
-[ "$stale" = 1 ] && { "${apt[@]}" update -q >/dev/null || die "apt-get update failed after adding $sources"; }
+sources="$SOURCES_DIR/microturn-contrib-non-free.sources"
+if [ -n "$nonfree" ] && [ ! -e "$sources" ]; then
+  codename=$(. "$OS_RELEASE" 2>/dev/null && [ "${ID:-}" = debian ] && echo "${VERSION_CODENAME:-}" || true)
+  [ -n "$codename" ] || die "$nonfree is in Debian's contrib/non-free components, and this is not a Debian release it knows; install: ${NONFREE_PACKAGES[*]}"
+  echo "microturn: enabling Debian's contrib and non-free components for the MBROLA voices ($sources)" >&2
+  printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s\nComponents: contrib non-free\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "$codename" > "$sources"
+  "${apt[@]}" update -q >/dev/null || die "apt-get update failed after adding $sources"
+fi
 
 # A fresh image often has no package lists yet: update only when the install fails.
 if ! "${apt[@]}" install -y -q "${missing[@]}" >/dev/null 2>&1; then

@@ -292,7 +292,8 @@ def check_voice(name: str) -> None:
     checked here.)"""
     if name.startswith(MBROLA_PREFIX):
         if name not in list_mbrola(""):
-            raise ValueError(f"MBROLA voice {name!r} is not installed (Debian: mbrola and mbrola-{name[3:]})")
+            package = "mbrola-" + name.removeprefix(MBROLA_PREFIX)
+            raise ValueError(f"MBROLA voice {name!r} is not installed (Debian: mbrola and {package})")
         return
     base, _, variant = name.partition("+")
     if base.lower() not in list_languages(base.split("-")[0].lower()):
