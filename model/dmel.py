@@ -100,11 +100,15 @@ def log_mel(audio: Tensor, cfg: ModelConfig, tail: Tensor | None = None) -> Tens
     tail = audio.new_zeros(hop) if tail is None else tail
     if tail.shape != (hop,):
         raise ValueError(f"tail: expected shape ({hop},), got {tuple(tail.shape)}")
+    return _log_mel(torch.cat([tail, audio]).to(torch.float32), cfg)
+
+
+def _log_mel(x: Tensor, cfg: ModelConfig) -> Tensor:
+    """(..., hop + N) float32 audio after the previous hop of audio -> (..., N//hop, n_mels)."""
     window, fb = stft_basis(cfg)
-    x = torch.cat([tail, audio]).to(torch.float32)  # (hop + N,)
-    frames = x.unfold(0, cfg.win_length, hop) * window  # (F, win)
-    power = torch.fft.rfft(frames, n=cfg.n_fft).abs().square()  # (F, K)
-    mel = power @ fb  # (F, n_mels)
+    frames = x.unfold(-1, cfg.win_length, cfg.hop_length) * window  # (..., F, win)
+    power = torch.fft.rfft(frames, n=cfg.n_fft).abs().square()  # (..., F, K)
+    mel = power @ fb  # (..., F, n_mels)
     floor = 10.0**cfg.log_mel_min
     return torch.log10(torch.clamp(mel, min=floor)).clamp(cfg.log_mel_min, cfg.log_mel_max)
 
@@ -136,6 +140,21 @@ class DMelStream:
         out = log_mel(chunk, self.cfg, self.tail)
         self.tail = chunk[-self.cfg.hop_length :].clone()
         return out
+
+
+def push_batch(streams: list[DMelStream], chunks: Tensor) -> Tensor:
+    """`DMelStream.push` for B sessions at once: (B, turn_samples) finite float32 samples ->
+    (B, frames_per_turn, n_mels), one STFT and one filterbank GEMM for the batch instead of ~30
+    small ops per session. Equal to `push` within rounding, not bitwise: the GEMM over every
+    session's frames may block its sums differently, so batch-invariant serving keeps `push`."""
+    cfg = streams[0].cfg
+    if chunks.shape != (len(streams), cfg.turn_samples):
+        raise ValueError(f"audio: expected shape ({len(streams)}, {cfg.turn_samples}), got {tuple(chunks.shape)}")
+    hop = cfg.hop_length
+    out = _log_mel(torch.cat([torch.stack([s.tail for s in streams]), chunks.to(torch.float32)], dim=1), cfg)
+    for s, tail in zip(streams, chunks[:, -hop:].clone().unbind(0), strict=True):
+        s.tail = tail
+    return out
 
 
 def quantize(logmel: Tensor, cfg: ModelConfig = DEFAULT_CFG) -> Tensor:

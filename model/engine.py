@@ -32,7 +32,7 @@ from model.attention import KVCache
 from model.config import BACKGROUND, USER_TEXT, ModelConfig
 from model.interaction import InteractionModel
 from model.positions import Positions, concat, input_positions, output_position
-from model.session import AudioJob, SessionState, compute_batch, step_batch
+from model.session import AudioJob, SessionState, compute_batch, prepare_batch, step_batch
 from model.step import Steps
 from model.tokenizer import Tokenizer
 from model.vision import frame_to_patches
@@ -211,15 +211,19 @@ class Engine:
         t0 = time.perf_counter()
         with self._lock, torch.inference_mode():
             self._records = []
-            ready: list[tuple[SessionState, MicroTurnInput, Positions]] = []
+            todo: dict[str, tuple[SessionState, MicroTurnInput]] = {}
             for inp in inputs:
                 state = self._sessions.get(inp.session_id)
-                if state is None or any(r[0] is state for r in ready):
-                    continue  # closed meanwhile, or a duplicate: nothing to step
-                try:
-                    ready.append((state, inp, state.prepare(inp, self.tokenizer)))
-                except Exception as e:
-                    result.failed[inp.session_id] = _reason(e)
+                if state is not None and inp.session_id not in todo:  # else closed meanwhile, or a duplicate
+                    todo[inp.session_id] = (state, inp)
+            states, todo_inputs = [t[0] for t in todo.values()], [t[1] for t in todo.values()]
+            ready: list[tuple[SessionState, MicroTurnInput, Positions]] = []
+            chunks = prepare_batch(states, todo_inputs, self.tokenizer, batched=not self.deterministic)
+            for state, inp, chunk in zip(states, todo_inputs, chunks, strict=True):
+                if isinstance(chunk, Exception):
+                    result.failed[inp.session_id] = _reason(chunk)
+                else:
+                    ready.append((state, inp, chunk))
             ready.sort(key=lambda r: r[0].slot)  # slot order: attention reads the cache rows as one view
             try:
                 outs = self._run(ready, t0, result.audio)

@@ -18,6 +18,9 @@ from model.linear import Linear
 from model.norm import LayerNorm
 
 
+Modulation = tuple[torch.Tensor, ...]  # (shift, scale, gate) of a block, (shift, scale) of the output
+
+
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
@@ -34,7 +37,15 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.ada.bias)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.ada(F.silu(c)).chunk(3, dim=-1)
+        return self.modulated(x, self.modulation(F.silu(c)))
+
+    def modulation(self, c_act: torch.Tensor) -> Modulation:
+        """(shift, scale, gate) of silu(c): a function of the condition alone."""
+        shift, scale, gate = self.ada(c_act).chunk(3, dim=-1)
+        return shift, scale, gate
+
+    def modulated(self, x: torch.Tensor, m: Modulation) -> torch.Tensor:
+        shift, scale, gate = m
         return x + gate * self.fc2(F.silu(self.fc1(_modulate(self.norm(x), shift, scale))))
 
 
@@ -55,17 +66,23 @@ class FlowHead(nn.Module):
 
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x: (N, mel_dim) at flow time t: (N,), cond: (N, D) -> predicted velocity (N, mel_dim)."""
-        return self._velocity(x, self.condition(cond, t))
+        return self._velocity(x, self.modulations(self.condition(cond, t)))
 
     def condition(self, cond: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The AdaLN condition (..., W) of `cond` (..., D) at flow times t (...,)."""
         return self.cond_proj(cond) + self.t_proj(sinusoidal(t, self.cfg.time_embed_dim, 1e-3, 10.0))
 
-    def _velocity(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def modulations(self, c: torch.Tensor) -> list[Modulation]:
+        """Every block's modulation of condition c (..., W), then the output's."""
+        c_act = F.silu(c)
+        shift, scale = self.final_ada(c_act).chunk(2, dim=-1)
+        return [*(block.modulation(c_act) for block in self.blocks), (shift, scale)]
+
+    def _velocity(self, x: torch.Tensor, mods: list[Modulation]) -> torch.Tensor:
         h = self.in_proj(x)
-        for block in self.blocks:
-            h = block(h, c)
-        shift, scale = self.final_ada(F.silu(c)).chunk(2, dim=-1)
+        for block, m in zip(self.blocks, mods, strict=False):  # the last modulation is the output's
+            h = block.modulated(h, m)
+        shift, scale = mods[-1]
         return self.out_proj(_modulate(self.final_norm(h), shift, scale))
 
     def loss(self, cond: torch.Tensor, target: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -79,8 +96,10 @@ class FlowHead(nn.Module):
         n, N = self.cfg.flow_steps, noise.shape[0]
         # every step's condition at once: it depends on cond and the step's time, not on x
         t = (torch.arange(n, device=noise.device, dtype=torch.float32) / n)[:, None].expand(n, N)
-        c = self.condition(cond.expand(n, *cond.shape), t)  # (n, N, W)
+        # ... and so is every block's modulation: one GEMM per block over all steps, not one per step
+        mods = self.modulations(self.condition(cond.expand(n, *cond.shape), t))  # each (n, N, W)
+        per_step = [[tuple(m[i] for m in mod) for mod in mods] for i in range(n)]
         x = noise
         for i in range(n):
-            x = x + self._velocity(x, c[i]) / n
+            x = x + self._velocity(x, per_step[i]) / n
         return x

@@ -15,6 +15,7 @@ from model.dmel import (
     log_mel_offline,
     mel_filterbank,
     mel_to_unit,
+    push_batch,
     quantize,
     unit_to_mel,
 )
@@ -139,3 +140,24 @@ def test_reset_forgets_tail() -> None:
     s.push(audio[: CFG.turn_samples])
     s.reset()
     assert torch.equal(s.push(audio[CFG.turn_samples :]), first)
+
+
+def test_push_batch_equals_push_per_session_and_carries_each_tail() -> None:
+    """Three sessions, two turns each: the batch's frames are each session's own (the second
+    turn's first frame reads the first turn's last hop of that session, not a neighbour's)."""
+    audio = [speech_like(0.4, seed=i) for i in range(3)]
+    alone, batched = [DMelStream(CFG) for _ in audio], [DMelStream(CFG) for _ in audio]
+    n = CFG.turn_samples
+    for turn in range(2):
+        chunks = torch.stack([a[turn * n : (turn + 1) * n] for a in audio])  # (3, n)
+        out = push_batch(batched, chunks)
+        assert out.shape == (3, CFG.frames_per_turn, CFG.n_mels)
+        for b, s in enumerate(alone):
+            torch.testing.assert_close(out[b], s.push(chunks[b]), atol=1e-5, rtol=0)
+    for s, t in zip(alone, batched, strict=True):
+        assert torch.equal(s.tail, t.tail)
+
+
+def test_push_batch_rejects_a_batch_of_the_wrong_shape() -> None:
+    with pytest.raises(ValueError, match=r"^audio: expected shape \(2, "):
+        push_batch([DMelStream(CFG), DMelStream(CFG)], torch.zeros(3, CFG.turn_samples))

@@ -6,8 +6,8 @@ import torch
 
 from infra.messages import TURN_SAMPLES, InputError, MicroTurnInput
 from model.interaction import InteractionModel
-from model.positions import concat
-from model.session import InteractionSession
+from model.positions import Positions, concat
+from model.session import InteractionSession, SessionState, prepare_batch
 from model.tokenizer import Tokenizer
 
 N_TURNS = 20
@@ -170,3 +170,31 @@ def test_typed_text_flood_is_bounded_dropped_whole_and_reported(
             break
         sess.step_audio(silence)
     assert fed[-len(marker) :] == marker
+
+
+def test_prepare_batch_featurizes_the_batch_as_each_session_alone(
+    micro_model: InteractionModel, tokenizer: Tokenizer
+) -> None:
+    """Batched audio features over five turns (each session's own tail carried), with a camera
+    frame and typed text: the same IN_k as one session at a time, the dMel bins within
+    one bin (the batched filterbank GEMM rounds differently), and a bad input fails alone."""
+    cfg = micro_model.cfg
+    feeds = [turn_inputs(seed) for seed in range(3)]
+    alone = [SessionState.new(cfg, tokenizer, f"s{i}", i, slot=i) for i in range(3)]
+    batched = [SessionState.new(cfg, tokenizer, f"s{i}", i, slot=i) for i in range(3)]
+    for k in range(5):  # turn 2 carries a camera frame, turn 4 typed text (VIDEO_TURNS, TEXT_TURNS)
+        inputs = [f[k] for f in feeds]
+        got = prepare_batch(batched, inputs, tokenizer, batched=True)
+        for state, twin, inp, g in zip(alone, batched, inputs, got, strict=True):
+            want = state.prepare(inp, tokenizer)
+            assert isinstance(g, Positions)
+            for name in ("stream", "time", "pos", "text", "video", "patches"):
+                assert torch.equal(getattr(g, name), getattr(want, name)), name
+            assert (g.audio - want.audio).abs().max() <= 1
+            assert (g.audio != want.audio).float().mean() < 0.01
+            for s in (state, twin):  # what compute_batch does once the turn is stepped
+                s.turn, s.next_pos = s.turn + 1, s.next_pos + want.shape[1]
+    bad = MicroTurnInput(audio=b"\x00" * 12, session_id="s1")
+    got = prepare_batch(batched, [feeds[0][3], bad, feeds[2][3]], tokenizer, batched=True)
+    assert isinstance(got[0], Positions) and isinstance(got[2], Positions)
+    assert isinstance(got[1], InputError) and got[1].field == "audio"
