@@ -17,7 +17,6 @@ from model.embeddings import sinusoidal
 from model.linear import Linear
 from model.norm import LayerNorm
 
-
 Modulation = tuple[torch.Tensor, ...]  # (shift, scale, gate) of a block, (shift, scale) of the output
 
 
