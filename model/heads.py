@@ -8,6 +8,8 @@ few Euler steps from noise that comes from the counter-based generator (model/rn
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,6 +65,10 @@ class FlowHead(nn.Module):
         nn.init.zeros_(self.final_ada.weight)
         nn.init.zeros_(self.final_ada.bias)
 
+    @property
+    def _blocks(self) -> list[AdaLNBlock]:
+        return cast(list[AdaLNBlock], list(self.blocks))
+
     def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x: (N, mel_dim) at flow time t: (N,), cond: (N, D) -> predicted velocity (N, mel_dim)."""
         return self._velocity(x, self.modulations(self.condition(cond, t)))
@@ -75,11 +81,11 @@ class FlowHead(nn.Module):
         """Every block's modulation of condition c (..., W), then the output's."""
         c_act = F.silu(c)
         shift, scale = self.final_ada(c_act).chunk(2, dim=-1)
-        return [*(block.modulation(c_act) for block in self.blocks), (shift, scale)]
+        return [*(block.modulation(c_act) for block in self._blocks), (shift, scale)]
 
     def _velocity(self, x: torch.Tensor, mods: list[Modulation]) -> torch.Tensor:
         h = self.in_proj(x)
-        for block, m in zip(self.blocks, mods, strict=False):  # the last modulation is the output's
+        for block, m in zip(self._blocks, mods, strict=False):  # the last modulation is the output's
             h = block.modulated(h, m)
         shift, scale = mods[-1]
         return self.out_proj(_modulate(self.final_norm(h), shift, scale))
