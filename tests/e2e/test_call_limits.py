@@ -65,10 +65,10 @@ async def test_a_session_whose_step_raises_ends_its_call_as_engine_error(
         bad = await connected_caller(edge.url, http)
         real_prepare = SessionState.prepare
 
-        def prepare(self: SessionState, inp: object, tok: object) -> object:
+        def prepare(self: SessionState, inp: object, tok: object, bins: object = None) -> object:
             if self.session_id == bad.call_id:
                 raise RuntimeError("poisoned session")
-            return real_prepare(self, inp, tok)  # type: ignore[arg-type]
+            return real_prepare(self, inp, tok, bins)  # type: ignore[arg-type]
 
         try:
             await good.wait_event(lambda e: e["type"] == "metrics.latency")

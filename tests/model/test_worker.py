@@ -219,10 +219,12 @@ async def test_a_session_whose_step_raises_is_closed_and_its_batch_keeps_going(
         bad_state = worker.engine.session("bad")
         real_prepare = SessionState.prepare
 
-        def prepare(self: SessionState, inp: MicroTurnInput, tok: Tokenizer) -> object:
+        def prepare(
+            self: SessionState, inp: MicroTurnInput, tok: Tokenizer, bins: torch.Tensor | None = None
+        ) -> object:
             if self is bad_state and inp.turn >= 2:
                 raise RuntimeError("poisoned featurizer")
-            return real_prepare(self, inp, tok)
+            return real_prepare(self, inp, tok, bins)
 
         monkeypatch.setattr(SessionState, "prepare", prepare)
     else:  # the batched compute raises whenever the bad session is in it
