@@ -92,10 +92,10 @@ class Engine:
         (model/step.py) where the mode allows it; `decode_step` says which run. True: with
         inductor; a string: with that torch.compile backend. None: on a GPU (where a static
         graph can be replayed as a CUDA graph), not on a CPU. There it is no faster than
-        eager (tiny, one thread, 4 sessions in a pool of 64: 67 vs 72 ms a step): its static
-        shapes read the whole cache where eager reads the filled part and pad the prefill to
-        one bucket where eager groups it, the GEMMs are the same BLAS calls, and each new
-        batch size costs inductor over a minute to build on a 2-core CPU."""
+        eager (tiny, one thread: 67 vs 72 ms a step for 4 sessions, 450 vs ~220 ms for 32):
+        its static shapes read the whole cache where eager reads the filled part and pad the
+        prefill to one bucket where eager groups it, the GEMMs are the same BLAS calls, and
+        each new batch size costs inductor over a minute to build on a 2-core CPU."""
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         if tokenizer.vocab_size > model.cfg.vocab_size:
