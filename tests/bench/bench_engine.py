@@ -12,6 +12,9 @@ Prints `name: value` lines:
 - step_ms_B32_prefill_one_forward, prefill_groups_speedup_B32: the prefill as one forward padded
   to the longest chunk against one forward per length bucket (model/step.py `length_groups`),
   alternated step by step;
+- step_ms_B32_featurize_per_session, featurize_batched_speedup_B32: each session's audio
+  featurized on its own against the batch's at once (model/session.py `prepare_batch`),
+  alternated step by step;
 - torch_calls_per_step_B32: torch functions and tensor methods one B=32 step calls from Python
   (its dispatch count, the same on a busy machine or a quiet one);
 - batched_speedup_B{16,32}: B sessions stepped one at a time (the one-conversation-at-a-time
@@ -38,6 +41,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +51,7 @@ from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import model.engine as engine_mod
 import model.step as step_mod
 from infra.messages import MicroTurnInput
 from model.attention import CacheContext, KVCache, rope_angles
@@ -157,6 +162,9 @@ def main() -> None:
     grouped, one = prefill_groups_ab(engine, 32, args.repeats * 2)
     print(f"step_ms_B32_prefill_one_forward: {one:.1f}")
     print(f"prefill_groups_speedup_B32: {one / grouped:.2f}")
+    batched, alone = featurize_ab(engine, 32, args.repeats * 2)
+    print(f"step_ms_B32_featurize_per_session: {alone:.1f}")
+    print(f"featurize_batched_speedup_B32: {alone / batched:.2f}")
 
     for B in (16, 32):
         serial = time_steps(engine, B, max(1, args.repeats // 2), one_at_a_time=True)
@@ -212,27 +220,43 @@ def main() -> None:
 
 
 def prefill_groups_ab(engine: Engine, B: int, repeats: int) -> tuple[float, float]:
-    """Median step ms of B sessions with the prefill in length groups and as one padded forward,
-    the two alternated step by step in this process (so the machine's drift hits both alike)."""
+    """Median step ms of B sessions with the prefill in length groups and as one padded forward."""
     real = step_mod.length_groups
 
     def one(chunks: list[Positions], cfg: ModelConfig) -> list[list[int]]:
         return [list(range(len(chunks)))]
 
+    return alternated(engine, B, repeats, lambda on: setattr(step_mod, "length_groups", real if on else one))
+
+
+def featurize_ab(engine: Engine, B: int, repeats: int) -> tuple[float, float]:
+    """Median step ms of B sessions with their audio featurized as one batch and one session at a
+    time (model/session.py `prepare_batch`)."""
+    real = engine_mod.prepare_batch
+
+    def per_session(states: Any, inputs: Any, tokenizer: Any, *, batched: bool) -> Any:
+        return real(states, inputs, tokenizer, batched=False)
+
+    return alternated(engine, B, repeats, lambda on: setattr(engine_mod, "prepare_batch", real if on else per_session))
+
+
+def alternated(engine: Engine, B: int, repeats: int, use: Callable[[bool], None]) -> tuple[float, float]:
+    """Median step ms of B sessions with a variant on (`use(True)`) and off, the two alternated
+    step by step in this process (so the machine's drift hits both alike); left on."""
     sids = [f"g{i}" for i in range(B)]
     for sid in sids:
         engine.open(sid)
     times: dict[bool, list[float]] = {True: [], False: []}
     try:
         for k in range(2 * (repeats + 1)):
-            grouped = k % 2 == 0
-            step_mod.length_groups = real if grouped else one
+            on = k % 2 == 0
+            use(on)
             t0 = time.perf_counter()
             engine.step_isolated(inputs(sids, k), defer_audio=True)
             if k >= 2:
-                times[grouped].append(time.perf_counter() - t0)
+                times[on].append(time.perf_counter() - t0)
     finally:
-        step_mod.length_groups = real
+        use(True)
         for sid in sids:
             engine.close(sid)
     return statistics.median(times[True]) * 1000, statistics.median(times[False]) * 1000
