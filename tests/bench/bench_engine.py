@@ -1,12 +1,23 @@
 """Engine throughput on the tiny preset, all measured side by side in one run.
 
     .venv/bin/python tests/bench/bench_engine.py [--repeats 5] [--threads N] [--compile] [--device cuda]
+        [--checkpoint DIR | --random] [--vocoder auto|griffin-lim]
+
+Measures what `microturn serve` runs: the shipped checkpoint (checkpoints/tiny: its weights and
+its trained vocoder) and the serve's torch thread budget for this machine's cores
+(infra/threads.py: every core but one, the other left to the vocoder's thread, the event loop
+and the codecs). `--random` is the tiny preset with random weights (no trained vocoder, so
+Griffin-Lim), `--threads N` any other budget; `model:`, `vocoder:` and `threads:` say which ran.
 
 Prints `name: value` lines:
 - step_ms_B{1,4,16,32}: one batched micro-turn for B sessions, run as model/worker.py runs it:
   the vocoder on its own thread, synthesizing a step's audio while the next step computes;
 - step_ms_B{16,32}_vocoder_inline, vocoder_overlap_speedup_B{16,32}: the vocoder inside the
   step instead (as before it had a thread), and the ratio;
+- model_ms_B32, vocoder_ms_B32_{neural,griffin_lim}: a B=32 step's model work alone and its
+  audio through each vocoder alone, alternated step by step (the neural row only when the
+  checkpoint ships one): with one torch thread the two run side by side on two cores, and the
+  slower one sets the step;
 - max_sessions_within_100ms: the largest B whose step stays under 100 ms (half a micro-turn:
   the sessions one CPU worker serves in real time with margin);
 - step_ms_B32_prefill_one_forward, prefill_groups_speedup_B32: the prefill as one forward padded
@@ -36,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import queue
 import statistics
 import sys
@@ -54,13 +66,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import model.engine as engine_mod
 import model.step as step_mod
 from infra.messages import MicroTurnInput
+from infra.settings import DEFAULT_CHECKPOINT
+from infra.threads import apply_torch_threads
 from model.attention import CacheContext, KVCache, rope_angles
+from model.checkpoint import load_or_random
 from model.config import ModelConfig, get_preset
 from model.engine import Engine
-from model.interaction import Block, InteractionModel
+from model.interaction import Block
+from model.neural_vocoder import ENV as VOCODER_ENV
+from model.neural_vocoder import StreamingNeuralVocoder, Vocoder, attached, new_vocoder, vocode_batch
 from model.positions import Positions, concat
-from model.session import AudioJob, InteractionSession
-from model.tokenizer import Tokenizer
+from model.session import AudioJob, InteractionSession, PendingAudio
+from model.vocoder import StreamingGriffinLim
 
 RS = np.random.RandomState(0)
 FRAME = RS.randint(0, 256, (120, 160, 3), dtype=np.uint8)
@@ -123,21 +140,29 @@ def time_open_sessions(
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    ap.add_argument(
+        "--threads", type=int, help="torch intra-op threads (default: the serve's budget, infra/threads.py)"
+    )
     ap.add_argument("--compile", action="store_true", help="the engine's compiled decode step")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="the checkpoint to serve")
+    ap.add_argument("--random", action="store_true", help="the tiny preset with random weights instead")
+    ap.add_argument(
+        "--vocoder", choices=("auto", "griffin-lim"), default="auto", help="griffin-lim: not the checkpoint's"
+    )
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = get_preset("tiny")
-    tok = Tokenizer.default(cfg.vocab_size)
-    model = InteractionModel(cfg).eval().to(args.device)
+    threads, cores, source = apply_torch_threads(args.threads)
+    if args.vocoder == "griffin-lim":
+        os.environ[VOCODER_ENV] = "griffin-lim"
+    ck = load_or_random(None if args.random else args.checkpoint, "tiny", device=args.device)
+    cfg, tok, model = ck.config, ck.tokenizer, ck.model.eval()
     engine = Engine(model, tok, max_sessions=64, compile=args.compile)
     engine.warmup()
     print(f"preset: {cfg.name}")
+    print(f"model: {ck.source}")
+    print(f"vocoder: {type(new_vocoder(cfg)).__name__}")
     print(f"device: {args.device}")
-    print(f"threads: {torch.get_num_threads()}")
+    print(f"threads: {threads} ({source}, {cores} cores)")
     print(f"decode_step: {engine.decode_step}")
     for name, dtype in (("tiny", torch.float32), ("small", torch.bfloat16), ("tml-small", torch.bfloat16)):
         print(f"kv_bytes_per_session_{name}: {kv_bytes_per_session(get_preset(name), dtype)}")
@@ -150,6 +175,8 @@ def main() -> None:
         inline = time_steps(engine, B, args.repeats, pipelined=False)
         print(f"step_ms_B{B}_vocoder_inline: {inline:.1f}")
         print(f"vocoder_overlap_speedup_B{B}: {inline / step[B]:.2f}")
+    for name, ms in model_and_vocoders_ms(engine, 32, args.repeats * 2).items():
+        print(f"{name}: {ms:.1f}")
 
     best = 0
     for B in (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64):
@@ -260,6 +287,40 @@ def alternated(engine: Engine, B: int, repeats: int, use: Callable[[bool], None]
         for sid in sids:
             engine.close(sid)
     return statistics.median(times[True]) * 1000, statistics.median(times[False]) * 1000
+
+
+def model_and_vocoders_ms(engine: Engine, B: int, repeats: int) -> dict[str, float]:
+    """Median ms of a B-session step's model work alone (`defer_audio`), and of its audio through
+    each vocoder the sessions can have, one after the other on this thread, each step alternating
+    which vocoder goes first."""
+    sids = [f"v{i}" for i in range(B)]
+    for sid in sids:
+        engine.open(sid)
+    cfg = engine.model.cfg
+    kinds: dict[str, list[Vocoder]] = {"griffin_lim": [StreamingGriffinLim(cfg) for _ in sids]}
+    if (net := attached(cfg)) is not None:
+        kinds["neural"] = [StreamingNeuralVocoder(cfg, net) for _ in sids]
+    times: dict[str, list[float]] = {"model_ms": [], **{f"vocoder_ms_{k}": [] for k in kinds}}
+    try:
+        for k in range(repeats + 1):
+            t0 = time.perf_counter()
+            jobs = engine.step_isolated(inputs(sids, k), defer_audio=True).audio
+            model_s = time.perf_counter() - t0
+            order = list(kinds) if k % 2 else list(reversed(kinds))
+            for kind in order:
+                t0 = time.perf_counter()
+                for job in jobs:
+                    assert isinstance(job, PendingAudio)  # an in-process engine's
+                    vocode_batch(kinds[kind], job.mel)
+                if k:
+                    times[f"vocoder_ms_{kind}"].append(time.perf_counter() - t0)
+            if k:
+                times["model_ms"].append(model_s)
+    finally:
+        for sid in sids:
+            engine.close(sid)
+    return {f"{name.removesuffix('_ms')}_ms_B{B}" if name == "model_ms" else f"{name}_B{B}": statistics.median(t) * 1000
+            for name, t in sorted(times.items())}  # fmt: skip
 
 
 def torch_calls_per_step(engine: Engine, B: int) -> int:
