@@ -108,11 +108,37 @@ def decode_position(
     h = model(p, cache, slots, rows=rows, kv_len=kv_len, lens=lens).hidden[:, 0]  # (B, D)
     logits = model.text_head(h)  # (B, V)
     tok, speaking = gate_step(logits, speaking, gate, gate_noise)  # the speak gate, or argmax when greedy
-    unit = model.flow.sample(model.flow_cond(h, tok), flow_noise)
-    # silence is the bottom of the unit range: what the assistant channel holds when it is quiet
-    unit = torch.where(gate.audible(model.turn_head(h), speaking)[:, None], unit, torch.full_like(unit, -1.0))
+    audible = gate.audible(model.turn_head(h), speaking)  # (B,)
+    unit = sample_audible(model, model.flow_cond(h, tok), flow_noise, audible)
     mel = unit_to_mel(unit.clamp(-1, 1), cfg).view(-1, cfg.frames_per_position, cfg.n_mels)  # (B, F, M)
     return Decoded(hidden=h, logits=logits, token=tok, speaking=speaking, mel=mel, bins=quantize(mel, cfg))
+
+
+def sample_audible(
+    model: InteractionModel,
+    cond: torch.Tensor,  # (B, D) the flow head's condition
+    noise: torch.Tensor,  # (B, mel_dim)
+    audible: torch.Tensor,  # (B,) bool: the rows that play sound
+) -> torch.Tensor:
+    """(B, mel_dim) units: the flow head's sample where audible, silence (-1, the bottom of the
+    unit range: what the assistant channel holds when it is quiet) elsewhere.
+
+    Eager on a CPU only the audible rows are sampled: a quiet row's sample would be thrown away,
+    and the model is quiet for most positions of a call (it listens while the user speaks).
+    Picking the rows reads `audible` back, which costs nothing on a CPU; on a GPU and under
+    torch.compile (a data-dependent shape) every row is sampled. A row's sample is the same
+    either way: its noise is its own, and in deterministic mode every flow-head op is per row
+    (model/linear.py), so the bits do not depend on which rows share the call."""
+    if torch.compiler.is_compiling() or cond.is_cuda:
+        unit = model.flow.sample(cond, noise)
+        return torch.where(audible[:, None], unit, torch.full_like(unit, -1.0))
+    rows = audible.nonzero()[:, 0]
+    if len(rows) == len(audible):
+        return model.flow.sample(cond, noise)
+    unit = noise.new_full(noise.shape, -1.0)
+    if len(rows):
+        unit[rows] = model.flow.sample(cond[rows], noise[rows])
+    return unit
 
 
 Fn = Callable[..., torch.Tensor]

@@ -3,7 +3,9 @@
     .venv/bin/python tests/bench/bench_edge.py [--seconds 10] [--calls 1,4,8] [--torch-threads N]
         [--load encoded|full] [--codec opus|pcmu] [--no-stub | --no-model] [--stub-step-ms MS]
 
-Runs `microturn serve` (edge + engine + in-process bus, uvloop, random-weights tiny model) as
+Runs `microturn serve` (edge + engine + in-process bus, uvloop, the shipped checkpoint with its
+trained vocoder, as `make run` serves it; `--random`: the tiny preset's random weights, which
+speak through Griffin-Lim) as
 a child process and N aiortc callers in this process, each streaming speech in real time
 and receiving the model's audio and events. For each N it prints `name: value` lines:
 
@@ -84,6 +86,7 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from infra.settings import DEFAULT_CHECKPOINT  # noqa: E402
 from infra.threads import available_cores, torch_threads_for  # noqa: E402
 from tests.e2e.aiortc_client import Caller, encode_packets, read_wav, speech_wav  # noqa: E402
 
@@ -163,14 +166,21 @@ def serve_with_stub_model(step_ms: float, serve_args: list[str]) -> None:
 
 
 def start_server(
-    max_sessions: int, tmp: Path, *, stub: float | None, serve_args: list[str], engine_thread: bool = False
+    max_sessions: int,
+    tmp: Path,
+    *,
+    stub: float | None,
+    serve_args: list[str],
+    engine_thread: bool = False,
+    checkpoint: Path | None = DEFAULT_CHECKPOINT,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`stub`: None = the model; else the echo stub's step time in ms."""
+    """`stub`: None = the model; else the echo stub's step time in ms. `checkpoint` None: random
+    weights."""
     port = free_port()
     env = {
         **os.environ,
         "MICROTURN_PORT": str(port),
-        "MICROTURN_CHECKPOINT": str(tmp / "none"),
+        "MICROTURN_CHECKPOINT": str(checkpoint or tmp / "none"),
         "MICROTURN_MAX_SESSIONS": str(max_sessions),
         "MICROTURN_MAX_CALLS_PER_CLIENT": str(max_sessions),
         # every caller is one anonymous client on 127.0.0.1: lift the per-client limits
@@ -297,6 +307,7 @@ async def main() -> None:
     )
     ap.add_argument("--load", choices=("encoded", "full"), default="encoded", help="cheap callers or real ones")
     ap.add_argument("--codec", choices=("opus", "pcmu"), default="opus", help="the callers' audio codec")
+    ap.add_argument("--random", action="store_true", help="the tiny preset's random weights, not the checkpoint")
     args = ap.parse_args()
     ns = [int(x) for x in args.calls.split(",")]
     serve_args = [] if args.torch_threads is None else ["--torch-threads", str(args.torch_threads)]
@@ -304,6 +315,7 @@ async def main() -> None:
     print(f"cpus: {os.cpu_count()}")
     print(f"torch_threads: {threads} ({'flag' if args.torch_threads else 'serve default'})")
     print(f"engine: {'thread of serve' if args.engine_thread else 'own process (serve default)'}")
+    print(f"model: {'random:tiny' if args.random else DEFAULT_CHECKPOINT}")
     print(f"load: {args.load}")
     print(f"codec: {args.codec}")
     print(f"seconds_per_n: {args.seconds:g}")
@@ -312,7 +324,10 @@ async def main() -> None:
         audio = read_wav(speech_wav(tmp / "speech.wav", 6.0))
         packets = encode_packets(audio, args.codec) if args.load == "encoded" else None
         for stub in [x for x, skip in ((None, args.no_model), (args.stub_step_ms, args.no_stub)) if not skip]:
-            proc, url = start_server(max(ns), tmp, stub=stub, serve_args=serve_args, engine_thread=args.engine_thread)
+            proc, url = start_server(
+                max(ns), tmp, stub=stub, serve_args=serve_args, engine_thread=args.engine_thread,
+                checkpoint=None if args.random else DEFAULT_CHECKPOINT,
+            )  # fmt: skip
             try:
                 for n in ns:
                     res = await run_n(url, proc.pid, n, args.seconds, audio, codec=args.codec, packets=packets)

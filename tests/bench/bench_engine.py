@@ -26,6 +26,9 @@ Prints `name: value` lines:
 - step_ms_B32_featurize_per_session, featurize_batched_speedup_B32: each session's audio
   featurized on its own against the batch's at once (model/session.py `prepare_batch`),
   alternated step by step;
+- audible_share_B32, step_ms_B32_flow_every_row, flow_audible_rows_speedup_B32: the share of
+  output positions that played sound, and the step with the flow head sampling every row
+  against the audible ones alone (model/step.py `sample_audible`), alternated step by step;
 - torch_calls_per_step_B32: torch functions and tensor methods one B=32 step calls from Python
   (its dispatch count, the same on a busy machine or a quiet one);
 - batched_speedup_B{16,32}: B sessions stepped one at a time (the one-conversation-at-a-time
@@ -189,6 +192,10 @@ def main() -> None:
     grouped, one = prefill_groups_ab(engine, 32, args.repeats * 2)
     print(f"step_ms_B32_prefill_one_forward: {one:.1f}")
     print(f"prefill_groups_speedup_B32: {one / grouped:.2f}")
+    fast, dense, share = audible_ab(engine, 32, args.repeats * 2)
+    print(f"audible_share_B32: {share:.2f}")
+    print(f"step_ms_B32_flow_every_row: {dense:.1f}")
+    print(f"flow_audible_rows_speedup_B32: {dense / fast:.2f}")
     batched, alone = featurize_ab(engine, 32, args.repeats * 2)
     print(f"step_ms_B32_featurize_per_session: {alone:.1f}")
     print(f"featurize_batched_speedup_B32: {alone / batched:.2f}")
@@ -265,6 +272,28 @@ def featurize_ab(engine: Engine, B: int, repeats: int) -> tuple[float, float]:
         return real(states, inputs, tokenizer, batched=False)
 
     return alternated(engine, B, repeats, lambda on: setattr(engine_mod, "prepare_batch", real if on else per_session))
+
+
+def audible_ab(engine: Engine, B: int, repeats: int) -> tuple[float, float, float]:
+    """Median step ms of B sessions with the flow head sampling the audible rows alone and every
+    row (model/step.py `sample_audible`), alternated step by step, and the share of output
+    positions that were audible (what the first saves on: it grows with the quiet share)."""
+    real = step_mod.sample_audible
+    seen = [0, 0]
+
+    def counting(model: Any, cond: torch.Tensor, noise: torch.Tensor, audible: torch.Tensor) -> torch.Tensor:
+        seen[0] += int(audible.sum())
+        seen[1] += len(audible)
+        return real(model, cond, noise, audible)
+
+    def every_row(model: Any, cond: torch.Tensor, noise: torch.Tensor, audible: torch.Tensor) -> torch.Tensor:
+        unit = model.flow.sample(cond, noise)
+        return torch.where(audible[:, None], unit, torch.full_like(unit, -1.0))
+
+    fast, dense = alternated(
+        engine, B, repeats, lambda on: setattr(step_mod, "sample_audible", counting if on else every_row)
+    )
+    return fast, dense, seen[0] / max(seen[1], 1)
 
 
 def alternated(engine: Engine, B: int, repeats: int, use: Callable[[bool], None]) -> tuple[float, float]:

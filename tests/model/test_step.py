@@ -11,7 +11,7 @@ from model.attention import KVCache
 from model.interaction import InteractionModel
 from model.positions import stack
 from model.session import SessionState
-from model.step import EAGER, PREFILL_BUCKETS, bucketed, length_groups, prefill_hidden, prefill_length
+from model.step import EAGER, PREFILL_BUCKETS, bucketed, length_groups, prefill_hidden, prefill_length, sample_audible
 from model.tokenizer import Tokenizer
 from tests.model.conftest import micro_config
 from tests.model.test_engine import session_inputs
@@ -160,3 +160,40 @@ def test_deterministic_steps_hand_attention_the_lengths_it_would_read_back(
     assert len(decodes) == 3 * P  # P decode positions a turn, and each turn's prefill (per length group)
     assert len(prefills) >= 3 and sum(len(q) for q in prefills) == 3 * 3
     assert len({tuple(q) for q in prefills}) > 1  # ragged prefills were among them
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_only_the_audible_rows_are_sampled_each_as_in_the_whole_batch(deterministic: bool) -> None:
+    """Eager on a CPU the flow head samples the rows that play and no other; each such row gets
+    what sampling every row gives it (bitwise in deterministic mode), the quiet rows silence."""
+    cfg = micro_config()
+    torch.manual_seed(0)
+    model = InteractionModel(cfg).eval()
+    for p in model.flow.parameters():  # adaLN-zero starts blind to the condition: give it weights
+        torch.nn.init.normal_(p, std=0.1)
+    model.set_batch_invariant(deterministic)
+    B = 7
+    cond, noise = torch.randn(B, cfg.d_model), torch.randn(B, cfg.mel_dim)
+    audible = torch.tensor([True, False, True, True, False, False, True])
+    sampled: list[int] = []
+    real = model.flow.sample
+
+    def counting(c: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        sampled.append(c.shape[0])
+        return real(c, n)
+
+    with torch.inference_mode():
+        dense = real(cond, noise)
+        model.flow.sample = counting  # type: ignore[method-assign]
+        mixed = sample_audible(model, cond, noise, audible)
+        quiet = sample_audible(model, cond, noise, torch.zeros(B, dtype=torch.bool))
+        loud = sample_audible(model, cond, noise, torch.ones(B, dtype=torch.bool))
+    assert sampled == [4, B]  # the quiet batch samples nothing
+    assert torch.equal(mixed[~audible], torch.full((3, cfg.mel_dim), -1.0))
+    assert torch.equal(quiet, torch.full((B, cfg.mel_dim), -1.0))
+    if deterministic:
+        assert torch.equal(mixed[audible], dense[audible]) and torch.equal(loud, dense)
+    else:
+        torch.testing.assert_close(mixed[audible], dense[audible], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loud, dense, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(dense[0], dense[2])  # rows differ: a misplaced row would show
