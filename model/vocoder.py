@@ -71,9 +71,11 @@ def mel_to_magnitude(logmel: Tensor, cfg: ModelConfig) -> Tensor:
     mel = torch.pow(10.0, logmel.float().clamp(cfg.log_mel_min, cfg.log_mel_max))  # (B, F, M)
     power = _per_item_matmul(mel, spread)  # (B, F, K)
     target = _per_item_matmul(mel, fb.T)  # (B, F, K)
-    gram = fb @ fb.T  # (K, K)
+    fb_t = fb.T.contiguous()  # (M, K)
     for _ in range(_NNLS_STEPS):  # multiplicative NNLS: min ||power @ fb - mel||, power >= 0
-        power = power * target / (_per_item_matmul(power, gram) + _EPS)
+        # power @ (fb fb^T) as (power @ fb) @ fb^T: through the M mel bands, 3x fewer FLOPs than
+        # through the (K, K) Gram matrix
+        power = power * target / (_per_item_matmul(_per_item_matmul(power, fb), fb_t) + _EPS)
     return power.sqrt() * wsum
 
 
@@ -111,8 +113,10 @@ def _fast_griffin_lim(mag: Tensor, phase: Tensor, cfg: ModelConfig, carry: Tenso
     for _ in range(n_iter):
         hops, _ = _overlap_add(mag * phase, cfg, carry)
         rebuilt = _analyze(hops, cfg)  # (B, n, K)
-        phase = rebuilt - prev * (_MOMENTUM / (1 + _MOMENTUM))
-        phase = phase / (phase.abs() + _EPS)
+        phase = torch.add(rebuilt, prev, alpha=-_MOMENTUM / (1 + _MOMENTUM))
+        # unit phasors from real ops on the parts: complex abs, and a complex tensor divided by a
+        # real one (as complex by complex), took 2.5-5x as long (B=32: 1.3 vs 0.3 ms an iteration)
+        phase = torch.addcmul(phase.real.square(), phase.imag, phase.imag).add_(_EPS**2).rsqrt_() * phase
         prev = rebuilt
     return mag * phase
 
