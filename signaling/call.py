@@ -471,6 +471,7 @@ class Call:
                     turns_in=self.transport.turns_in,
                     turns_out=self.transport.turns_out,
                     underruns=self.output.underruns,
+                    playout_hold_ms=self.output.hold_ms,
                     events_sent=self.events_sent,
                     events_dropped=self.events_dropped,
                 )
