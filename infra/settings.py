@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny"
@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     ice_credential: SecretStr | None = None
     # Camera frames the model sees per second (<= one per 200 ms micro-turn).
     video_fps: float = Field(5.0, gt=0, le=5)  # one frame per micro-turn, as the model is trained
+    # Playout jitter hold a call starts with, and its cap (media/output_track.py): silence played
+    # before the model's audio (re)starts, grown by 20 ms per underrun; 0 = none until one occurs.
+    playout_hold_ms: int = Field(0, ge=0, le=1000)
+    playout_max_hold_ms: int = Field(100, ge=0, le=1000)
     # Largest data-channel message the SDP answer advertises (a=max-message-size); a peer that
     # ignores it is hung up once twice this much waits in SCTP reassembly.
     max_channel_message_bytes: int = Field(65_536, ge=1024)
@@ -105,6 +109,15 @@ class Settings(BaseSettings):
     # Bearer key /metrics and /readyz require (Prometheus `authorization`, probe httpHeaders);
     # unset = open, as on a laptop.
     ops_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _hold_within_its_cap(self) -> Settings:
+        if self.playout_hold_ms > self.playout_max_hold_ms:
+            raise ValueError(
+                f"playout_hold_ms ({self.playout_hold_ms}) must not exceed playout_max_hold_ms "
+                f"({self.playout_max_hold_ms})"
+            )
+        return self
 
     @field_validator("api_keys", "ice_servers", "trusted_proxies", "allowed_origins", mode="before")
     @classmethod

@@ -131,7 +131,7 @@ class Call:
         self.connected_at: float | None = None
         s = deps.settings
         self.pc = dtls.peer_connection(rtc_configuration(s))  # DTLS that RSA-certificate gateways accept
-        self.output = OutputAudioTrack()
+        self.output = OutputAudioTrack(hold_ms=s.playout_hold_ms, max_hold_ms=s.playout_max_hold_ms)
         self.transport = MediaTransport(
             call_id,
             deps.bus,

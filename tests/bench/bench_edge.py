@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/bench/bench_edge.py [--seconds 10] [--calls 1,4,8] [--torch-threads N]
         [--load encoded|full] [--codec opus|pcmu] [--no-stub | --no-model] [--stub-step-ms MS]
+        [--random] [--playout-hold-ms MS]
 
 Runs `microturn serve` (edge + engine + in-process bus, uvloop, the shipped checkpoint with its
 trained vocoder, as `make run` serves it; `--random`: the tiny preset's random weights, which
@@ -308,7 +309,10 @@ async def main() -> None:
     ap.add_argument("--load", choices=("encoded", "full"), default="encoded", help="cheap callers or real ones")
     ap.add_argument("--codec", choices=("opus", "pcmu"), default="opus", help="the callers' audio codec")
     ap.add_argument("--random", action="store_true", help="the tiny preset's random weights, not the checkpoint")
+    ap.add_argument("--playout-hold-ms", type=int, help="MICROTURN_PLAYOUT_HOLD_MS of the server (default: serve's)")
     args = ap.parse_args()
+    if args.playout_hold_ms is not None:
+        os.environ["MICROTURN_PLAYOUT_HOLD_MS"] = str(args.playout_hold_ms)  # the server inherits it
     ns = [int(x) for x in args.calls.split(",")]
     serve_args = [] if args.torch_threads is None else ["--torch-threads", str(args.torch_threads)]
     threads = torch_threads_for(available_cores(), args.torch_threads)
@@ -316,6 +320,7 @@ async def main() -> None:
     print(f"torch_threads: {threads} ({'flag' if args.torch_threads else 'serve default'})")
     print(f"engine: {'thread of serve' if args.engine_thread else 'own process (serve default)'}")
     print(f"model: {'random:tiny' if args.random else DEFAULT_CHECKPOINT}")
+    print(f"playout_hold_ms: {os.environ.get('MICROTURN_PLAYOUT_HOLD_MS', '0 (serve default)')}")
     print(f"load: {args.load}")
     print(f"codec: {args.codec}")
     print(f"seconds_per_n: {args.seconds:g}")

@@ -14,3 +14,9 @@ def test_invalid_values_are_one_readable_error_naming_the_field() -> None:
     with pytest.raises(SettingsError, match=r"invalid settings:(.|\n)*port") as e:
         settings_from(port=99999)
     assert "65535" in str(e.value)
+
+
+def test_a_playout_hold_above_its_cap_is_refused() -> None:
+    assert settings_from(playout_hold_ms=40).playout_hold_ms == 40
+    with pytest.raises(SettingsError, match="playout_hold_ms"):
+        settings_from(playout_hold_ms=200, playout_max_hold_ms=100)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -14,8 +15,8 @@ from tests.e2e.aiortc_server import assert_released, edge_settings, make_offer, 
 pytestmark = pytest.mark.timeout(30)
 
 
-def new_call(rt: Runtime) -> Call:
-    settings = edge_settings()
+def new_call(rt: Runtime, **overrides: Any) -> Call:
+    settings = edge_settings(**overrides)
     deps = CallDeps(
         bus=rt.bus,
         workers=rt.workers,
@@ -67,3 +68,14 @@ async def test_close_is_idempotent_and_first_reason_wins() -> None:
                 call.start()
         finally:
             await pc.close()
+
+
+async def test_a_call_plays_out_with_the_configured_jitter_hold() -> None:
+    async with running_edge(edge_settings()) as edge:
+        default, held = new_call(edge.rt), new_call(edge.rt, playout_hold_ms=40, playout_max_hold_ms=80)
+        try:
+            assert (default.output.hold_ms, default.output.max_hold_frames) == (0, 5)
+            assert (held.output.hold_ms, held.output.max_hold_frames) == (40, 4)
+        finally:
+            await default.close("server_shutdown")
+            await held.close("server_shutdown")
