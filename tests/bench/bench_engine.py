@@ -329,27 +329,25 @@ def model_and_vocoders_ms(engine: Engine, B: int, repeats: int) -> dict[str, flo
     kinds: dict[str, list[Vocoder]] = {"griffin_lim": [StreamingGriffinLim(cfg) for _ in sids]}
     if (net := attached(cfg)) is not None:
         kinds["neural"] = [StreamingNeuralVocoder(cfg, net) for _ in sids]
-    times: dict[str, list[float]] = {"model_ms": [], **{f"vocoder_ms_{k}": [] for k in kinds}}
+    times: dict[str, list[float]] = {f"model_ms_B{B}": [], **{f"vocoder_ms_B{B}_{k}": [] for k in kinds}}
     try:
         for k in range(repeats + 1):
             t0 = time.perf_counter()
             jobs = engine.step_isolated(inputs(sids, k), defer_audio=True).audio
             model_s = time.perf_counter() - t0
-            order = list(kinds) if k % 2 else list(reversed(kinds))
-            for kind in order:
+            for kind in list(kinds) if k % 2 else list(reversed(kinds)):
                 t0 = time.perf_counter()
                 for job in jobs:
                     assert isinstance(job, PendingAudio)  # an in-process engine's
                     vocode_batch(kinds[kind], job.mel)
                 if k:
-                    times[f"vocoder_ms_{kind}"].append(time.perf_counter() - t0)
+                    times[f"vocoder_ms_B{B}_{kind}"].append(time.perf_counter() - t0)
             if k:
-                times["model_ms"].append(model_s)
+                times[f"model_ms_B{B}"].append(model_s)
     finally:
         for sid in sids:
             engine.close(sid)
-    return {f"{name.removesuffix('_ms')}_ms_B{B}" if name == "model_ms" else f"{name}_B{B}": statistics.median(t) * 1000
-            for name, t in sorted(times.items())}  # fmt: skip
+    return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
 def torch_calls_per_step(engine: Engine, B: int) -> int:
