@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     # interpreter each for the event loop and the model, so neither waits on the other's GIL.
     # Off: the engine in a thread of the serving process (embedders, a debugger).
     engine_process: bool = True
+    # The engine process's scheduling priority against the serving process's, in nice steps
+    # (model/engine_process.py): -10 runs the step ahead of the edge where they share a core;
+    # 0 leaves it equal. Raising it needs CAP_SYS_NICE; without, a warning says so at startup.
+    engine_nice: int = Field(-10, ge=-20, le=20)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False
     # Background tasks and results go over Redis (agents run as `microturn agent --redis URL`);

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -128,7 +129,10 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     engine: Engine | EngineProcess
     if settings.engine_process:
         start = functools.partial(EngineProcess, ckpt.model, ckpt.tokenizer, settings.max_sessions)
-        engine = await loop.run_in_executor(None, functools.partial(start, deterministic=settings.deterministic))
+        nice = os.getpriority(os.PRIO_PROCESS, 0) + settings.engine_nice if settings.engine_nice else None
+        engine = await loop.run_in_executor(
+            None, functools.partial(start, deterministic=settings.deterministic, nice=nice)
+        )
     else:
         engine = Engine(ckpt.model, ckpt.tokenizer, settings.max_sessions, deterministic=settings.deterministic)
         await loop.run_in_executor(None, engine.warmup)

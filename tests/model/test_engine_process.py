@@ -4,6 +4,7 @@ import asyncio
 import os
 import random
 import signal
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from infra.bus import MemoryBus
 from infra.messages import TURN_SAMPLES, MicroTurnInput
 from model.engine import CapacityError, Engine, UnknownSession
-from model.engine_process import EngineProcess, EngineProcessError
+from model.engine_process import EngineProcess, EngineProcessError, set_priority
 from model.interaction import InteractionModel
 from model.neural_vocoder import NeuralVocoder, attach, get_preset
 from model.tokenizer import Tokenizer
@@ -132,3 +133,68 @@ async def test_the_worker_serves_calls_from_an_engine_process(process: EnginePro
     for sid, o in zip(sids, outs, strict=True):
         assert [x.turn for x in o] == list(range(5)) and all(x.session_id == sid for x in o)
         assert all(len(x.audio) == 4 * TURN_SAMPLES for x in o)
+
+
+def _thread_nices(pid: int) -> dict[int, int]:
+    return {int(t): os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread priorities are Linux's")
+def test_the_engine_process_runs_every_thread_at_the_priority_asked(
+    model: InteractionModel, tokenizer: Tokenizer
+) -> None:
+    """A lower priority is always allowed: the child's threads all run at it, those it started
+    after (the vocoder's, torch's) included. A higher one needs CAP_SYS_NICE: with it the same,
+    without it every thread keeps the parent's and `nice_error` says why."""
+    here = os.getpriority(os.PRIO_PROCESS, 0)
+    lower = EngineProcess(model, tokenizer, 3, torch_threads=1, nice=min(here + 3, 19))
+    try:
+        lower.open("s0")
+        lower.step_isolated([session_inputs(0, 1)[0]])
+        nices = _thread_nices(lower.pid)
+        assert len(nices) >= 2  # the engine's thread and the vocoder's at least
+        assert set(nices.values()) == {min(here + 3, 19)} and lower.nice == min(here + 3, 19)
+        assert lower.nice_error is None
+    finally:
+        lower.shutdown()
+    higher = EngineProcess(model, tokenizer, 3, torch_threads=1, nice=here - 5)
+    try:
+        nices = _thread_nices(higher.pid)
+        if higher.nice_error is None:
+            assert set(nices.values()) == {here - 5} and higher.nice == here - 5
+        else:
+            assert "CAP_SYS_NICE" in higher.nice_error
+            assert set(nices.values()) == {here} and higher.nice == here
+    finally:
+        higher.shutdown()
+    assert os.getpriority(os.PRIO_PROCESS, 0) == here  # the parent's own is untouched
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="per-thread priorities are Linux's")
+def test_a_priority_that_cannot_be_raised_leaves_every_thread_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel refuses a raise without CAP_SYS_NICE, perhaps after other threads were set:
+    every thread is set back to its own, and the reason is returned."""
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)  # a second thread: one is set before the refusal
+    other.start()
+    try:
+        before = _thread_nices(os.getpid())
+        real = os.setpriority
+        calls: list[tuple[int, int]] = []
+
+        def refuse_the_second(which: int, who: int, value: int) -> None:
+            calls.append((who, value))
+            if len(calls) == 2:
+                raise PermissionError(1, "Operation not permitted")
+            real(which, who, before[who])  # this test never changes a priority for real
+
+        monkeypatch.setattr(os, "setpriority", refuse_the_second)
+        error = set_priority(-20)
+        monkeypatch.setattr(os, "setpriority", real)
+        assert error is not None and "CAP_SYS_NICE" in error
+        assert calls[:2] == [(t, -20) for t in list(before)[:2]]
+        assert sorted(calls[2:]) == sorted(before.items())  # each thread put back to its own
+        assert _thread_nices(os.getpid()) == before
+    finally:
+        stop.set()
+        other.join()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
 
+from model.engine_process import EngineProcess
 from signaling.auth import Principal
 from signaling.call import Call, CallClosedError, CallDeps
 from signaling.runtime import Runtime
@@ -79,3 +81,14 @@ async def test_a_call_plays_out_with_the_configured_jitter_hold() -> None:
         finally:
             await default.close("server_shutdown")
             await held.close("server_shutdown")
+
+
+async def test_the_engine_process_runs_at_the_configured_priority() -> None:
+    """MICROTURN_ENGINE_NICE is relative to the serving process: +4 always applies (a lower
+    priority needs no privilege); 0 leaves the child at the server's own."""
+    here = os.getpriority(os.PRIO_PROCESS, 0)
+    for delta in (4, 0):
+        async with running_edge(edge_settings(engine_nice=delta)) as edge:
+            engine = edge.rt.engine
+            assert isinstance(engine, EngineProcess)
+            assert engine.nice == min(here + delta, 19) and engine.nice_error is None
