@@ -15,7 +15,8 @@ it stays one forward padded to one bucket (one graph per batch size and bucket).
 
 What runs eager: deterministic mode. Its attention runs session by session on host-known
 lengths (`Lens`, no read back, but Python per session) and its prefill MoE groups rows by
-expert on the host (model/moe.py).
+expert on the host (model/moe.py). Eager on a CPU, decode reads back which rows play sound and
+samples the flow head for those alone (`sample_audible`); compiled, it samples every row.
 """
 
 from __future__ import annotations
@@ -130,8 +131,7 @@ def sample_audible(
     either way: its noise is its own, and in deterministic mode every flow-head op is per row
     (model/linear.py), so the bits do not depend on which rows share the call."""
     if torch.compiler.is_compiling() or cond.is_cuda:
-        unit = model.flow.sample(cond, noise)
-        return torch.where(audible[:, None], unit, torch.full_like(unit, -1.0))
+        return sample_every_row(model, cond, noise, audible)
     rows = audible.nonzero()[:, 0]
     if len(rows) == len(audible):
         return model.flow.sample(cond, noise)
@@ -139,6 +139,14 @@ def sample_audible(
     if len(rows):
         unit[rows] = model.flow.sample(cond[rows], noise[rows])
     return unit
+
+
+def sample_every_row(
+    model: InteractionModel, cond: torch.Tensor, noise: torch.Tensor, audible: torch.Tensor
+) -> torch.Tensor:
+    """`sample_audible` with no host read: every row sampled, the quiet ones then silenced."""
+    unit = model.flow.sample(cond, noise)
+    return torch.where(audible[:, None], unit, torch.full_like(unit, -1.0))
 
 
 Fn = Callable[..., torch.Tensor]

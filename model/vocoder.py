@@ -71,11 +71,10 @@ def mel_to_magnitude(logmel: Tensor, cfg: ModelConfig) -> Tensor:
     mel = torch.pow(10.0, logmel.float().clamp(cfg.log_mel_min, cfg.log_mel_max))  # (B, F, M)
     power = _per_item_matmul(mel, spread)  # (B, F, K)
     target = _per_item_matmul(mel, fb.T)  # (B, F, K)
-    fb_t = fb.T.contiguous()  # (M, K)
     for _ in range(_NNLS_STEPS):  # multiplicative NNLS: min ||power @ fb - mel||, power >= 0
         # power @ (fb fb^T) as (power @ fb) @ fb^T: through the M mel bands, 3x fewer FLOPs than
         # through the (K, K) Gram matrix
-        power = power * target / (_per_item_matmul(_per_item_matmul(power, fb), fb_t) + _EPS)
+        power = power * target / (_per_item_matmul(_per_item_matmul(power, fb), fb.T) + _EPS)
     return power.sqrt() * wsum
 
 

@@ -286,12 +286,11 @@ def audible_ab(engine: Engine, B: int, repeats: int) -> tuple[float, float, floa
         seen[1] += len(audible)
         return real(model, cond, noise, audible)
 
-    def every_row(model: Any, cond: torch.Tensor, noise: torch.Tensor, audible: torch.Tensor) -> torch.Tensor:
-        unit = model.flow.sample(cond, noise)
-        return torch.where(audible[:, None], unit, torch.full_like(unit, -1.0))
-
     fast, dense = alternated(
-        engine, B, repeats, lambda on: setattr(step_mod, "sample_audible", counting if on else every_row)
+        engine,
+        B,
+        repeats,
+        lambda on: setattr(step_mod, "sample_audible", counting if on else step_mod.sample_every_row),
     )
     return fast, dense, seen[0] / max(seen[1], 1)
 

@@ -207,13 +207,13 @@ def next_frame(track: OutputAudioTrack) -> np.ndarray:
 
 
 def test_late_turns_grow_the_jitter_hold_until_they_play_without_a_gap() -> None:
-    """Turns due every 200 ms, every third one 30 ms late: the first late ones run the buffer dry,
+    """Turns due every 200 ms, every third one 40 ms late: the first late ones run the buffer dry,
     each growing the hold by a frame, until the hold covers the lateness; from then on no turn
     runs it dry. On-time turns alone never grow it."""
     per_turn = TURN // FRAME
     on_time = OutputAudioTrack()
     late = OutputAudioTrack()
-    lateness = [0 if k % 3 else 30 // 20 + 1 for k in range(1, 31)]  # frames past the turn's due frame
+    lateness = [0 if k % 3 else 2 for k in range(1, 31)]  # frames (20 ms) past the turn's due frame
     for track, delays in ((on_time, [0] * len(lateness)), (late, lateness)):
         arrivals = [0] + [k * per_turn + d for k, d in enumerate(delays, start=1)]
         frame, k, underruns_at = 0, 0, []
