@@ -32,6 +32,20 @@ Failure handling, each with a counter (every buffer here is bounded):
   and every turn in between would look missing downstream. A real outage advances pts and
   wall time together and stays a zero-filled gap.
 
+Turns on a shared grid (`align_clock`): a worker steps together the sessions whose inputs are
+ready together, and calls start at random phases of the 200 ms turn, so unaligned calls land
+spread over the turn and the worker runs several small steps per turn (each with the whole
+per-step cost), a turn arriving just after one started waits for it, and which step a session
+lands in changes from turn to turn (the output jitter the playout buffer must absorb). Given a
+clock, the call's first turn of audio is held while its frames' arrival times on that clock
+say where the caller's media clock sits on it, then the audio is preceded by the silence that
+makes every turn end at a multiple of the turn length; every aligned call's turns are then
+complete at the same moments and one step serves them all. The edge passes the wall clock, so edges on
+different machines feeding one worker agree to within NTP's error. Nothing of the caller's
+audio moves or is lost: the call just starts with up to one turn of silence (`aligned_samples`).
+The phase follows the caller's sample clock afterwards, which drifts from ours by tens of ppm
+(a few ms a minute): small against the worker's gather window for calls of minutes.
+
 Video and text are not on the audio clock (the RTP clocks of different tracks are only
 related through RTCP wall-clock anchors): the latest sampled frame and the text typed since
 the previous emitted turn ride on the next turn handed out by `pop_ready()`, so neither is
@@ -41,6 +55,7 @@ lost when a turn is dropped. Not thread-safe: use from the call's event loop.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,6 +106,7 @@ class MicroTurnAssembler:
         resync_after: int = 3,
         max_text_chars: int = 4096,
         sample_rate: int = 16_000,
+        align_clock: Callable[[], float] | None = None,
     ) -> None:
         if turn_samples <= 0 or max_pending < 1 or reorder_samples < 0:
             raise ValueError("turn_samples > 0, max_pending >= 1 and reorder_samples >= 0 are required")
@@ -103,6 +119,13 @@ class MicroTurnAssembler:
         self.resync_after = resync_after
         self.max_text_chars = max_text_chars
         self.sample_rate = sample_rate
+        self.align_clock = align_clock  # seconds; turn ends fall on its multiples of the turn length
+        # the call's first turn of frames, (samples, pts, now, align_clock()) each, held until
+        # its phase is known; None once placed (or with no clock)
+        self._phase_frames: list[tuple[np.ndarray, int, float | None, float]] | None = (
+            [] if align_clock is not None else None
+        )
+        self._phase_samples = 0
 
         self._origin: int | None = None  # pts of media-clock sample 0
         self._next_turn = 0  # every turn below this is finalised (ready, emitted or dropped)
@@ -119,6 +142,7 @@ class MicroTurnAssembler:
         self.emitted = 0
         self.gaps = 0  # finalised turns with zero-filled audio
         self.dropped_stale = 0  # finalised turns dropped because the consumer was behind
+        self.aligned_samples = 0  # silence put before the call's first audio (`align_clock`)
         self.resyncs = 0
         self.forward_resyncs = 0  # of which: pts leapt ahead of the wall clock
         # counters: frames / samples
@@ -145,8 +169,18 @@ class MicroTurnAssembler:
         if not np.isfinite(x).all() or np.abs(x).max() > 1.0:
             x = np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
         self.samples_in += n
+        if self._phase_frames is not None and self.align_clock is not None:  # measuring the phase: hold
+            self._phase_frames.append((x, int(pts_samples), now, self.align_clock()))
+            self._phase_samples += n
+            if self._phase_samples >= self.turn_samples:
+                self._align()
+            return
+        self._place(x, int(pts_samples), now)
+
+    def _place(self, x: np.ndarray, pts_samples: int, now: float | None) -> None:
+        n = x.size
         if self._origin is None:
-            self._origin = int(pts_samples)
+            self._origin = pts_samples
         pos = int(pts_samples) - self._origin
         floor = self._next_turn * self.turn_samples  # first position still open
 
@@ -254,6 +288,7 @@ class MicroTurnAssembler:
         The `max_pending` limit is not applied here: what is open is bounded by the reorder
         window and the consumer asked for everything.
         """
+        self._align()
         # every written position is < _max_end, so this covers every open turn
         upto = max(self._next_turn, -(-self._max_end // self.turn_samples))
         self._finalise(upto, cap=False)
@@ -280,6 +315,30 @@ class MicroTurnAssembler:
             t.audio[off : off + m] = seg
         t.filled[off : off + m] = True
         t.count += n_free
+
+    def _align(self) -> None:
+        """Put the silence before the first audio that makes every turn end on a multiple of
+        the turn length of `align_clock`, then place the frames held while measuring.
+
+        Where the caller's media clock sits on ours is read from the held frames' arrival
+        times: a frame arrives late (network, jitter buffer, a busy event loop at call setup),
+        never early, so the least delayed one tells it best. One frame alone could be tens of
+        ms late, and the turns would then end that much before the grid, every turn."""
+        frames, self._phase_frames = self._phase_frames or [], None
+        if not frames:
+            return
+        T, sr = self.turn_samples, self.sample_rate
+        pts0 = min(p for _, p, _, _ in frames)
+        # when media sample pts0 arrived, by the account of the least delayed frame
+        start = min(wall - (p + x.size - pts0) / sr for x, p, _, wall in frames)
+        d = round((start % (T / sr)) * sr) % T  # turn 0 would end d samples past the grid: pad them
+        self.aligned_samples = d
+        self._origin = pts0 - d
+        if d:
+            self._write(0, 0, np.zeros(d, np.float32))
+            self._max_end = d
+        for x, p, now, _ in frames:
+            self._place(x, p, now)
 
     def _shift_origin(self, d: int) -> None:
         """Move the origin `d` samples earlier; only before any turn is finalised (small, bounded)."""

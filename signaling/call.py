@@ -139,6 +139,7 @@ class Call:
             self.output,
             self.send,
             video_fps=s.video_fps,
+            align_turns=s.align_turns,
             on_delegate=self._delegate if deps.background is not None else None,
             on_handed_back=self._handed_back,
         )

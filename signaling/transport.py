@@ -75,6 +75,7 @@ class MediaTransport:
         emit: Callable[[ServerEvent], object],
         *,
         video_fps: float = 5.0,
+        align_turns: bool = False,
         on_delegate: Callable[[int], None] | None = None,  # the turn whose output carried <delegate>
         on_handed_back: Callable[[], None] | None = None,  # the worker gave the session back (drain)
     ) -> None:
@@ -86,7 +87,8 @@ class MediaTransport:
         self.emit = emit
         self.on_delegate = on_delegate
         self.video_fps = video_fps
-        self.assembler = MicroTurnAssembler(session_id)
+        # the wall clock, not monotonic: edges on other machines feeding one worker share it
+        self.assembler = MicroTurnAssembler(session_id, align_clock=time.time if align_turns else None)
         self.turns_unplaced = 0  # inputs dropped because the session had no worker at that moment
         self._turn_in: OrderedDict[int, float] = OrderedDict()  # turn -> monotonic time its last sample arrived
         self._background: deque[str] = deque()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fractions
 import itertools
+import math
 import random
 
 import av
@@ -356,3 +357,96 @@ def test_forward_timestamp_jump_resyncs_at_once_but_a_real_outage_stays_a_gap() 
 def _push(asm: MicroTurnAssembler, x: np.ndarray, pts: int, now: float) -> list[MicroTurnInput]:
     asm.push_audio(x, pts, now)
     return asm.pop_ready()
+
+
+class FakeClock:
+    """The wall clock the call's frames arrive on."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run_aligned(start: float, n_frames: int, delay_ms: list[float] | None = None) -> tuple[MicroTurnAssembler, list[MicroTurnInput], list[float]]:
+    """Frames sent every 20 ms from `start` (wall clock), frame i arriving `delay_ms[i]` late
+    (0 past the list); returns the assembler, its turns and the time each was handed out."""
+    clock = FakeClock(start)
+    asm = MicroTurnAssembler("s1", align_clock=clock)
+    msgs: list[MicroTurnInput] = []
+    ready_at: list[float] = []
+    for i, (pts, x) in enumerate(frames(n_frames)):
+        late = (delay_ms[i] if delay_ms and i < len(delay_ms) else 0.0) / 1000
+        clock.t = start + i * F / 16_000 + late
+        asm.push_audio(x, pts, now=clock.t)
+        new = asm.pop_ready()
+        msgs += new
+        ready_at += [clock.t] * len(new)
+    return asm, msgs, ready_at
+
+
+def since_tick(t: float) -> float:
+    """Seconds since the last multiple of 200 ms (float64 at 1.7e9 s resolves ~1e-7 s)."""
+    return t - 0.2 * math.floor(t / 0.2 + 1e-4)
+
+
+@pytest.mark.parametrize("start", [1_764_570_000.0, 1_764_570_000.0137, 1_764_570_000.1999, 17.25])
+def test_aligned_turns_end_on_the_clock_grid_with_nothing_lost(start: float) -> None:
+    asm, msgs, ready_at = run_aligned(start, 60)  # 1.2 s, the first frame at an arbitrary phase
+    d = asm.aligned_samples
+    assert 0 <= d < T
+    # turn 0 comes out once its phase is measured (one turn of audio); every later turn on the
+    # grid, with the frame that holds its last sample
+    assert ready_at[0] == pytest.approx(start + (T - F) / 16_000)
+    for t in ready_at[1:]:
+        assert -1e-5 < since_tick(t) < F / 16_000, (t, since_tick(t))
+    assert [m.turn for m in msgs] == list(range(len(msgs))) and len(msgs) >= 5
+    # the caller's audio is all there, in order, after d samples of silence; no turn is a gap
+    got = np.concatenate([m.audio_array() for m in msgs])
+    np.testing.assert_array_equal(got[:d], 0.0)
+    np.testing.assert_array_equal(got[d:], signal(60 * F)[: got.size - d])
+    assert not any(m.gap for m in msgs) and asm.gaps == 0 and asm.samples_in == 60 * F
+
+
+def test_a_late_first_frame_does_not_move_the_grid() -> None:
+    """Call setup keeps the loop busy: the first frames arrive in a burst, 45 ms late. The phase
+    comes from the least delayed frame of the first turn, so later turns still end on the grid
+    (by the first frame alone they would end 45 ms early, every turn of the call)."""
+    start = 1_764_570_000.061
+    asm, msgs, ready_at = run_aligned(start, 60, delay_ms=[45, 25, 5, 0.3, 0, 2])
+    for t in ready_at[1:]:
+        assert -1e-5 < since_tick(t) < F / 16_000, (t, since_tick(t))
+    got = np.concatenate([m.audio_array() for m in msgs])
+    np.testing.assert_array_equal(got[asm.aligned_samples :], signal(60 * F)[: got.size - asm.aligned_samples])
+
+
+def test_calls_started_at_different_phases_end_their_turns_together() -> None:
+    ticks = []
+    for start in (500.003, 500.071, 500.158):  # three calls joining at different moments
+        _, _, ready_at = run_aligned(start, 80)
+        ticks.append({round(t / 0.2 - 0.05) for t in ready_at[1:]})  # the grid tick each turn ended on
+        assert all(0 <= since_tick(t) < F / 16_000 for t in ready_at[1:])
+    common = ticks[0] & ticks[1] & ticks[2]
+    assert len(common) >= 4 and all(len(t - common) <= 1 for t in ticks)  # only the last may differ
+
+
+def test_finish_places_a_call_shorter_than_its_phase_measurement() -> None:
+    clock = FakeClock(42.0)
+    asm = MicroTurnAssembler("s1", align_clock=clock)
+    for i, (pts, x) in enumerate(frames(4)):  # 80 ms: hangs up before a turn was measured
+        clock.t = 42.0 + i * 0.02
+        asm.push_audio(x, pts, now=clock.t)
+    assert asm.pop_ready() == []
+    msgs = asm.finish()
+    got = np.concatenate([m.audio_array() for m in msgs])
+    d = asm.aligned_samples
+    np.testing.assert_array_equal(got[d : d + 4 * F], signal(4 * F))
+    assert np.count_nonzero(got) == 4 * F
+
+
+def test_without_a_clock_turns_start_at_the_first_frame() -> None:
+    asm = MicroTurnAssembler("s1")
+    msgs = push_all(asm, frames(20))
+    assert asm.aligned_samples == 0
+    np.testing.assert_array_equal(timeline(msgs, 2), signal(2 * T))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any
 
 import pytest
@@ -81,6 +82,17 @@ async def test_a_call_plays_out_with_the_configured_jitter_hold() -> None:
         finally:
             await default.close("server_shutdown")
             await held.close("server_shutdown")
+
+
+async def test_calls_cut_their_turns_on_the_wall_clock_grid_unless_told_not_to() -> None:
+    async with running_edge(edge_settings()) as edge:
+        aligned, free = new_call(edge.rt), new_call(edge.rt, align_turns=False)
+        try:
+            assert aligned.transport.assembler.align_clock is time.time  # shared across edges
+            assert free.transport.assembler.align_clock is None
+        finally:
+            await aligned.close("server_shutdown")
+            await free.close("server_shutdown")
 
 
 async def test_the_engine_process_runs_at_the_configured_priority() -> None:

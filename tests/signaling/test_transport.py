@@ -112,6 +112,24 @@ async def test_frames_become_turns_and_outputs_become_audio_events_and_latency(b
         track.stop()
 
 
+async def test_aligned_turns_start_with_the_silence_that_puts_them_on_the_grid(bus: MemoryBus) -> None:
+    track = OutputAudioTrack()
+    t = MediaTransport("s1", bus, lambda _: "local", track, lambda _: None, align_turns=True)
+    inputs = bus.subscribe(keys.inputs("local"))
+    try:
+        await t.consume_audio(FramesTrack(25))
+        sent = [msgspec.msgpack.decode(b, type=MicroTurnInput) for b in await drain(inputs)]
+        d = t.assembler.aligned_samples
+        audio = np.concatenate([i.audio_array() for i in sent])
+        assert [i.turn for i in sent] == list(range(len(sent))) and len(sent) >= 2 and not any(i.gap for i in sent)
+        np.testing.assert_array_equal(audio[:d], 0.0)  # the silence before the call
+        assert np.allclose(audio[d:], 1000 / 32768, atol=1e-3)  # then every sample of the caller's
+        assert 0 < audio.size - d <= 25 * 320 and audio.size % 3200 == 0
+    finally:
+        inputs.close()
+        track.stop()
+
+
 class BigVideoTrack(MediaStreamTrack):
     """Decoded camera frames of any size, as fast as they are read."""
 
