@@ -195,8 +195,19 @@ def attend(
     if mask is None:
         mask = gqa_mask(qpos, kpos, valid, n_sinks, window, rep)
     qg = q.reshape(B, k.shape[1], rep * T, hd)  # (B, Hkv, rep*T, hd)
+    if T == 1:  # decode
+        return attend_gemm(qg, k, v, mask).view(B, H, T, hd)
     y = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask)
     return y.view(B, H, T, hd)
+
+
+def attend_gemm(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd), masked) v as two batched GEMMs: q (B, Hkv, r, hd), k, v
+    (B, Hkv, n, hd), mask (B, 1, r, n) -> (B, Hkv, r, hd). For the few query rows of a decode
+    step (r = the query heads of one kv head) this beats CPU SDPA, whose flash kernel is built
+    for query blocks: it streams each key block through softmax bookkeeping for 2 rows."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5)  # (B, Hkv, r, n)
+    return torch.matmul(scores.masked_fill_(~mask, float("-inf")).softmax(dim=-1), v)
 
 
 @dataclass
