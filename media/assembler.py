@@ -43,8 +43,10 @@ makes every turn end at a multiple of the turn length; every aligned call's turn
 complete at the same moments and one step serves them all. The edge passes the wall clock, so edges on
 different machines feeding one worker agree to within NTP's error. Nothing of the caller's
 audio moves or is lost: the call just starts with up to one turn of silence (`aligned_samples`).
-The phase follows the caller's sample clock afterwards, which drifts from ours by tens of ppm
-(a few ms a minute): small against the worker's gather window for calls of minutes.
+The caller's sample clock drifts from ours by tens of ppm, a few ms a minute, so the phase is
+kept up: once turns end more than `realign_ms` off the grid they are moved back onto it with a
+little silence (or, ending early, by skipping as much of the caller's audio: 10-20 ms, every
+several minutes at most).
 
 Video and text are not on the audio clock (the RTP clocks of different tracks are only
 related through RTCP wall-clock anchors): the latest sampled frame and the text typed since
@@ -107,6 +109,8 @@ class MicroTurnAssembler:
         max_text_chars: int = 4096,
         sample_rate: int = 16_000,
         align_clock: Callable[[], float] | None = None,
+        realign_s: float = 5.0,
+        realign_ms: float = 10.0,
     ) -> None:
         if turn_samples <= 0 or max_pending < 1 or reorder_samples < 0:
             raise ValueError("turn_samples > 0, max_pending >= 1 and reorder_samples >= 0 are required")
@@ -126,6 +130,9 @@ class MicroTurnAssembler:
             [] if align_clock is not None else None
         )
         self._phase_samples = 0
+        self.realign_s, self.realign_ms = realign_s, realign_ms
+        self._grid_min = float("inf")  # least delayed frame's account of media position 0's wall time
+        self._grid_samples = 0  # audio seen since the grid was last checked
 
         self._origin: int | None = None  # pts of media-clock sample 0
         self._next_turn = 0  # every turn below this is finalised (ready, emitted or dropped)
@@ -143,6 +150,9 @@ class MicroTurnAssembler:
         self.gaps = 0  # finalised turns with zero-filled audio
         self.dropped_stale = 0  # finalised turns dropped because the consumer was behind
         self.aligned_samples = 0  # silence put before the call's first audio (`align_clock`)
+        self.realigns = 0  # times drift moved the turns back onto the grid
+        self.realign_silence = 0  # samples of silence that put late turns back
+        self.realign_dropped = 0  # samples of the caller's audio skipped to put early turns back
         self.resyncs = 0
         self.forward_resyncs = 0  # of which: pts leapt ahead of the wall clock
         # counters: frames / samples
@@ -176,6 +186,36 @@ class MicroTurnAssembler:
                 self._align()
             return
         self._place(x, int(pts_samples), now)
+        if self.align_clock is not None and self._origin is not None:
+            self._follow_grid(n, self.align_clock() - (int(pts_samples) - self._origin + n) / self.sample_rate)
+
+    def _follow_grid(self, n: int, start: float) -> None:
+        """Keep aligned turns on the grid while the caller's sample clock drifts from ours
+        (tens of ppm: a few ms a minute, a whole turn within hours). Every `realign_s` of audio,
+        the least delayed frame of that stretch says where the turns now end; once that is more
+        than `realign_ms` off the grid the stream is moved back onto it at the write head. Turns
+        ending late get that much silence (`realign_silence`); turns ending early lose that much
+        of the next frame (`realign_dropped`: 10-20 ms, about once in several minutes).
+        `n`: the frame's samples; `start`: when media position 0 was live, by this frame's arrival."""
+        sr = self.sample_rate
+        self._grid_min = min(self._grid_min, start)
+        self._grid_samples += n
+        if self._grid_samples < self.realign_s * sr:
+            return
+        P = self.turn_samples / sr
+        late = (self._grid_min + P / 2) % P - P / 2  # turns end this long after a tick (< 0: before)
+        self._grid_min, self._grid_samples = float("inf"), 0
+        shift = round(late * sr)
+        if abs(shift) < self.realign_ms * sr / 1000:
+            return
+        self.realigns += 1
+        assert self._origin is not None
+        self._origin -= shift  # later frames land `shift` samples further on (< 0: back)
+        if shift > 0:
+            self.realign_silence += shift
+            self._write_span(self._max_end, np.zeros(shift, np.float32))
+        else:
+            self.realign_dropped -= shift  # the next frame's head lands on written audio
 
     def _place(self, x: np.ndarray, pts_samples: int, now: float | None) -> None:
         n = x.size
@@ -219,8 +259,11 @@ class MicroTurnAssembler:
             x, pos = x[cut:], pos + cut
             if x.size == 0:
                 return
+        self._write_span(pos, x)
 
-        # write turn by turn, finalising as we go so one huge push cannot allocate without limit
+    def _write_span(self, pos: int, x: np.ndarray) -> None:
+        """Write `x` at media position `pos` turn by turn, finalising as we go so one huge push
+        cannot allocate without limit."""
         T = self.turn_samples
         i = 0
         while i < x.size:

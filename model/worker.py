@@ -240,7 +240,9 @@ class Worker:
         a few calls the steps no longer fit in a turn. Waiting costs the early inputs at most a
         step's time, which the late ones would have spent queued behind that step anyway; the
         batches then line up by themselves as load grows (a longer step gathers more). With one
-        call, or a step faster than the spacing of the calls, nothing waits."""
+        call, or a step faster than the spacing of the calls, nothing waits. The edge puts its
+        calls' turns on one grid (media/assembler.py `align_clock`), so there the inputs of a
+        turn land within a frame or so of each other and this waits only for those."""
         if not any(q.next_turn in q.pending for q in self._sessions.values()):
             return  # woken by a deadline: there is no ready input to hold back
         wait_s = min(self.step_estimate_s(), self.settings.max_gather_ms / 1000)

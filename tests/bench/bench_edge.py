@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/bench/bench_edge.py [--seconds 10] [--calls 1,4,8] [--torch-threads N]
         [--load encoded|full] [--codec opus|pcmu] [--no-stub | --no-model] [--stub-step-ms MS]
-        [--random] [--playout-hold-ms MS] [--engine-nice N]
+        [--random] [--playout-hold-ms MS] [--engine-nice N] [--no-align]
 
 Runs `microturn serve` (edge + engine + in-process bus, uvloop, the shipped checkpoint with its
 trained vocoder, as `make run` serves it; `--random`: the tiny preset's random weights, which
@@ -311,7 +311,12 @@ async def main() -> None:
     ap.add_argument("--random", action="store_true", help="the tiny preset's random weights, not the checkpoint")
     ap.add_argument("--playout-hold-ms", type=int, help="MICROTURN_PLAYOUT_HOLD_MS of the server (default: serve's)")
     ap.add_argument("--engine-nice", type=int, help="MICROTURN_ENGINE_NICE of the server (default: serve's, -10)")
+    ap.add_argument(
+        "--no-align", action="store_true", help="turns at each call's own phase (MICROTURN_ALIGN_TURNS=false)"
+    )
     args = ap.parse_args()
+    if args.no_align:
+        os.environ["MICROTURN_ALIGN_TURNS"] = "false"
     if args.playout_hold_ms is not None:
         os.environ["MICROTURN_PLAYOUT_HOLD_MS"] = str(args.playout_hold_ms)  # the server inherits it
     if args.engine_nice is not None:
@@ -325,6 +330,7 @@ async def main() -> None:
     print(f"model: {'random:tiny' if args.random else DEFAULT_CHECKPOINT}")
     print(f"playout_hold_ms: {os.environ.get('MICROTURN_PLAYOUT_HOLD_MS', '0 (serve default)')}")
     print(f"engine_nice: {os.environ.get('MICROTURN_ENGINE_NICE', '-10 (serve default)')}")
+    print(f"align_turns: {os.environ.get('MICROTURN_ALIGN_TURNS', 'true (serve default)')}")
     print(f"load: {args.load}")
     print(f"codec: {args.codec}")
     print(f"seconds_per_n: {args.seconds:g}")

@@ -421,6 +421,36 @@ def test_a_late_first_frame_does_not_move_the_grid() -> None:
     np.testing.assert_array_equal(got[asm.aligned_samples :], signal(60 * F)[: got.size - asm.aligned_samples])
 
 
+@pytest.mark.parametrize("ppm", [-150.0, 150.0])
+def test_turns_stay_on_the_grid_while_the_callers_clock_drifts(ppm: float) -> None:
+    """A caller's sample clock 150 ppm slow or fast drifts 90 ms in 10 minutes, and the turns with
+    it; realigning every few seconds keeps every turn within a frame of the grid plus
+    `realign_ms`, and every sample of the caller's audio is accounted for."""
+    start, n_frames = 1_764_570_000.0371, 30_000  # 10 minutes of 20 ms frames
+    clock = FakeClock(start)
+    asm = MicroTurnAssembler("s1", align_clock=clock)
+    x = signal(F)
+    late_ms: list[float] = []
+    audio = 0
+    for i in range(n_frames):
+        clock.t = start + i * F / 16_000 * (1 - ppm * 1e-6)  # the caller's 20 ms on our clock
+        asm.push_audio(x, PTS0 + i * F, now=clock.t)
+        for m in asm.pop_ready():
+            audio += int(np.count_nonzero(m.audio_array()))
+            if m.turn > 0:
+                late_ms.append(1000 * ((since_tick(clock.t) + 0.1) % 0.2 - 0.1))  # after the nearest tick
+    assert len(late_ms) > 2900
+    lo, hi = min(late_ms), max(late_ms)
+    assert -asm.realign_ms - 1 < lo and hi < asm.realign_ms + 1000 * F / 16_000 + 1, (lo, hi)
+    assert 5 <= asm.realigns <= 12  # 90 ms of drift in steps of at least 10 ms
+    if ppm < 0:  # slow: turns would end later and later; silence moves them back
+        assert asm.realign_silence > 0 and asm.realign_dropped == 0
+    else:  # fast: earlier and earlier; a little of the caller's audio is skipped
+        assert asm.realign_dropped > 0 and asm.realign_silence == 0
+    # every caller sample is in a turn or was skipped, or is still waiting in the open turn
+    assert audio + asm.realign_dropped <= asm.samples_in < audio + asm.realign_dropped + T
+
+
 def test_calls_started_at_different_phases_end_their_turns_together() -> None:
     ticks = []
     for start in (500.003, 500.071, 500.158):  # three calls joining at different moments
