@@ -369,7 +369,9 @@ class FakeClock:
         return self.t
 
 
-def run_aligned(start: float, n_frames: int, delay_ms: list[float] | None = None) -> tuple[MicroTurnAssembler, list[MicroTurnInput], list[float]]:
+def run_aligned(
+    start: float, n_frames: int, delay_ms: list[float] | None = None
+) -> tuple[MicroTurnAssembler, list[MicroTurnInput], list[float]]:
     """Frames sent every 20 ms from `start` (wall clock), frame i arriving `delay_ms[i]` late
     (0 past the list); returns the assembler, its turns and the time each was handed out."""
     clock = FakeClock(start)
