@@ -16,7 +16,9 @@ StreamingGriffinLim, and a session carries only the (n_fft/sub_hop - 1) unfinish
 Batch invariance (the engine's deterministic mode): every matmul in the streaming path is
 `per_item_matmul` (one identical GEMM per session); convolutions are shifted elementwise
 products; LayerNorm, irfft and the rest are per row. So a session's audio never depends on
-which sessions share the call (tests/model/test_neural_vocoder.py checks it bitwise).
+which sessions share the call (tests/model/test_neural_vocoder.py checks it bitwise). The
+engine's normal mode passes `exact=False`: one plain GEMM over the batch, 11 ms against 17 at
+32 sessions on one CPU thread; a session's audio then moves by rounding with its batch.
 
 Training (model/train/vocoder.py) runs `NeuralVocoder.forward` with plain matmuls over whole
 crops; the streaming path is the same function with per-item matmuls and carried state.
@@ -302,8 +304,11 @@ class StreamingNeuralVocoder:
         return push_batch(vocoders, logmel)
 
 
-def push_batch(vocoders: Sequence[StreamingNeuralVocoder], logmel: Tensor) -> Tensor:
-    """(B, frames_per_turn, n_mels) for B sessions -> (B, turn_samples), each as if pushed alone."""
+def push_batch(vocoders: Sequence[StreamingNeuralVocoder], logmel: Tensor, *, exact: bool = True) -> Tensor:
+    """(B, frames_per_turn, n_mels) for B sessions -> (B, turn_samples), each as if pushed alone.
+
+    `exact`: bitwise as if pushed alone (`per_item_matmul`, deterministic serving); False: one
+    plain GEMM over the batch, the same values up to rounding, ~1.5x faster at 16-32 sessions."""
     if not vocoders:
         raise ValueError("vocoders: expected at least one")
     cfg, net = vocoders[0].cfg, vocoders[0].net
@@ -319,7 +324,7 @@ def push_batch(vocoders: Sequence[StreamingNeuralVocoder], logmel: Tensor) -> Te
     ctx = [torch.stack([v.state.context[i] for v in vocoders]) for i in range(len(vocoders[0].state.context))]
     carry = torch.stack([v.state.carry for v in vocoders])
     with torch.inference_mode():
-        frames, new_ctx = net(mel_to_unit(logmel.float(), cfg), ctx, per_item_matmul)
+        frames, new_ctx = net(mel_to_unit(logmel.float(), cfg), ctx, per_item_matmul if exact else _plain_matmul)
         chunks = net.overlap_add(frames, carry * net.ola_norm)  # (B, T*S + Q-1, sub_hop)
     done = T * vc.sub_frames
     out = chunks[:, :done].flatten(1).clone()
@@ -423,8 +428,9 @@ def new_vocoder(cfg: ModelConfig, net: NeuralVocoder | None = None) -> Vocoder:
     return StreamingNeuralVocoder(cfg, net)
 
 
-def vocode_batch(vocoders: Sequence[Vocoder], logmel: Tensor) -> Tensor:
-    """(B, frames_per_turn, n_mels) -> (B, turn_samples): each kind of vocoder in one batched call."""
+def vocode_batch(vocoders: Sequence[Vocoder], logmel: Tensor, *, exact: bool = True) -> Tensor:
+    """(B, frames_per_turn, n_mels) -> (B, turn_samples): each kind of vocoder in one batched call.
+    `exact`: each session's audio bitwise as if alone (see `push_batch`)."""
     from model import vocoder as griffin
 
     if not vocoders:
@@ -437,6 +443,8 @@ def vocode_batch(vocoders: Sequence[Vocoder], logmel: Tensor) -> Tensor:
         members = [vocoders[i] for i in idx]
         if kind is griffin.StreamingGriffinLim:
             audio = griffin.push_batch(members, logmel[idx])  # type: ignore[arg-type]
+        elif kind is StreamingNeuralVocoder:
+            audio = push_batch(members, logmel[idx], exact=exact)  # type: ignore[arg-type]
         else:
             audio = kind.push_many(members, logmel[idx])  # type: ignore[attr-defined]
         if len(groups) == 1:

@@ -227,10 +227,11 @@ class PendingAudio:
     vocoders: list[Vocoder]
     mel: torch.Tensor  # (B, frames_per_turn, M) on the CPU
     outputs: list[MicroTurnOutput]  # audio and step_ms are filled in by `run`
+    exact: bool = True  # each session's audio bitwise as if alone (deterministic serving)
 
     def run(self) -> None:
         t0 = time.perf_counter()
-        audio = vocode_batch(self.vocoders, self.mel).clamp(-1, 1).numpy().astype("<f4")  # (B, samples)
+        audio = vocode_batch(self.vocoders, self.mel, exact=self.exact).clamp(-1, 1).numpy().astype("<f4")  # (B, samples)
         ms = (time.perf_counter() - t0) * 1000
         for out, a in zip(self.outputs, audio, strict=True):
             out.audio = a.tobytes()
@@ -359,7 +360,7 @@ def compute_batch(
             )
         )
         s.turn += 1
-    return outputs, PendingAudio([s.vocoder for s in states], turn_mel, outputs)
+    return outputs, PendingAudio([s.vocoder for s in states], turn_mel, outputs, exact=exact)
 
 
 def kv_bucket(n: int, cache_len: int, bucket: int = 64) -> int:

@@ -118,6 +118,17 @@ def test_engine_matches_single_session_api(tokenizer: Tokenizer) -> None:
             torch.testing.assert_close(b.caption_logits, a.caption_logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_the_synthesis_is_exact_in_deterministic_mode_only(tokenizer: Tokenizer, deterministic: bool) -> None:
+    """Normal serving vocodes a batch with one plain GEMM (faster); deterministic serving each
+    session as if alone (model/neural_vocoder.py `push_batch`)."""
+    engine = Engine(make_model(deterministic), tokenizer, max_sessions=2, deterministic=deterministic)
+    for i in range(2):
+        engine.open(f"s{i}", seed=i)
+    result = engine.step_isolated([session_inputs(i, 1)[0] for i in range(2)], defer_audio=True)
+    assert [getattr(job, "exact", None) for job in result.audio] == [deterministic]
+
+
 def test_capacity_is_enforced_and_slots_are_reused_cleanly(tokenizer: Tokenizer) -> None:
     engine = Engine(make_model(True), tokenizer, max_sessions=2)
     engine.open("a", seed=1)

@@ -106,6 +106,21 @@ def test_batch_invariant_bitwise_and_reset(net: NeuralVocoder, speech_mel: torch
     assert torch.equal(torch.cat([v.push(t) for t in mels[0].split(F)]), alone[0])
 
 
+def test_plain_batch_gemm_equals_each_session_alone_up_to_rounding(
+    net: NeuralVocoder, speech_mel: torch.Tensor
+) -> None:
+    """Normal serving (`exact=False`): one GEMM over the batch, the same audio within rounding."""
+    mels = [speech_mel, speech_mel.flip(0), speech_mel.roll(17, 0)]
+    alone = [StreamingNeuralVocoder(CFG, net) for _ in mels]
+    vs = [StreamingNeuralVocoder(CFG, net) for _ in mels]
+    for k in range(speech_mel.shape[0] // F):
+        chunk = torch.stack([m[k * F : (k + 1) * F] for m in mels])
+        fast = push_batch(vs, chunk, exact=False)
+        for b, v in enumerate(alone):
+            ref = push_batch([v], chunk[b : b + 1])[0]
+            torch.testing.assert_close(fast[b], ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()) + 1e-7)
+
+
 def test_bad_input_is_a_clear_value_error(net: NeuralVocoder) -> None:
     v = StreamingNeuralVocoder(CFG, net)
     good = torch.full((F, CFG.n_mels), -5.0)
