@@ -231,8 +231,8 @@ class PendingAudio:
 
     def run(self) -> None:
         t0 = time.perf_counter()
-        audio = vocode_batch(self.vocoders, self.mel, exact=self.exact)  # (B, samples)
-        audio = audio.clamp(-1, 1).numpy().astype("<f4")
+        wave = vocode_batch(self.vocoders, self.mel, exact=self.exact)  # (B, samples)
+        audio = wave.clamp(-1, 1).numpy().astype("<f4")
         ms = (time.perf_counter() - t0) * 1000
         for out, a in zip(self.outputs, audio, strict=True):
             out.audio = a.tobytes()
