@@ -40,9 +40,10 @@ lands in changes from turn to turn (the output jitter the playout buffer must ab
 clock, the call's first turn of audio is held while its frames' arrival times on that clock
 say where the caller's media clock sits on it, then the audio is preceded by the silence that
 makes every turn end at a multiple of the turn length; every aligned call's turns are then
-complete at the same moments and one step serves them all. The edge passes the wall clock, so edges on
-different machines feeding one worker agree to within NTP's error. Nothing of the caller's
-audio moves or is lost: the call just starts with up to one turn of silence (`aligned_samples`).
+complete at the same moments and one step serves them all. The edge passes the wall clock, so
+edges on different machines feeding one worker agree to within NTP's error. Nothing of the
+caller's audio moves or is lost: the call starts with up to one turn of silence
+(`aligned_samples`).
 The caller's sample clock drifts from ours by tens of ppm, a few ms a minute, so the phase is
 kept up: once turns end more than `realign_ms` off the grid they are moved back onto it with a
 little silence (or, ending early, by skipping as much of the caller's audio: 10-20 ms, every
@@ -133,6 +134,7 @@ class MicroTurnAssembler:
         self.realign_s, self.realign_ms = realign_s, realign_ms
         self._grid_min = float("inf")  # least delayed frame's account of media position 0's wall time
         self._grid_samples = 0  # audio seen since the grid was last checked
+        self._grid_resyncs = 0  # `resyncs` when this stretch began
 
         self._origin: int | None = None  # pts of media-clock sample 0
         self._next_turn = 0  # every turn below this is finalised (ready, emitted or dropped)
@@ -198,6 +200,8 @@ class MicroTurnAssembler:
         of the next frame (`realign_dropped`: 10-20 ms, about once in several minutes).
         `n`: the frame's samples; `start`: when media position 0 was live, by this frame's arrival."""
         sr = self.sample_rate
+        if self.resyncs != self._grid_resyncs:  # the origin moved under this stretch: start a new one
+            self._grid_resyncs, self._grid_min, self._grid_samples = self.resyncs, float("inf"), 0
         self._grid_min = min(self._grid_min, start)
         self._grid_samples += n
         if self._grid_samples < self.realign_s * sr:
