@@ -41,6 +41,9 @@ Prints `name: value` lines:
   sessions: a scale check of this CPU, not a target;
 - step_ms_B32_full_window, full_window_cost_B32: 32 sessions whose attention window is full
   (a call older than ~26 s; the rows above step sessions a few turns old), and over step_ms_B32;
+- step_ms_B32_full_window_decode_sdpa, decode_gemm_speedup_B32_full_window: the same full-window
+  sessions with decode attention through SDPA instead of two GEMMs (model/attention.py
+  `attend_gemm`), alternated step by step (model work alone);
 - deterministic_cost_B16: batch-invariant mode step time over normal mode;
 - append_speedup_full_window: re-prefilling the whole window every micro-turn (one cache-less
   forward over `window` positions, then the turn) over streaming append, with the window full.
@@ -66,6 +69,7 @@ from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import model.attention as attention_mod
 import model.engine as engine_mod
 import model.step as step_mod
 from infra.messages import MicroTurnInput
@@ -215,10 +219,14 @@ def main() -> None:
         engine.step_isolated(inputs(sids, k))
         k += 1
     full = time_open_sessions(engine, sids, args.repeats, first_turn=k)
+    k += args.repeats + 2
+    gemm, sdpa = decode_attention_ab(engine, sids, args.repeats * 2, first_turn=k)
     for sid in sids:
         engine.close(sid)
     print(f"step_ms_B32_full_window: {full:.1f}")
     print(f"full_window_cost_B32: {full / step[32]:.2f}")
+    print(f"step_ms_B32_full_window_decode_sdpa: {sdpa:.1f}")
+    print(f"decode_gemm_speedup_B32_full_window: {sdpa / gemm:.2f}")
 
     det = Engine(model, tok, max_sessions=16, deterministic=True)
     det_ms = time_steps(det, 16, args.repeats)
@@ -295,11 +303,15 @@ def audible_ab(engine: Engine, B: int, repeats: int) -> tuple[float, float, floa
     return fast, dense, seen[0] / max(seen[1], 1)
 
 
-def alternated(engine: Engine, B: int, repeats: int, use: Callable[[bool], None]) -> tuple[float, float]:
+def alternated(
+    engine: Engine, B: int, repeats: int, use: Callable[[bool], None], *, open_sids: list[str] | None = None,
+    first_turn: int = 0,
+) -> tuple[float, float]:  # fmt: skip
     """Median step ms of B sessions with a variant on (`use(True)`) and off, the two alternated
-    step by step in this process (so the machine's drift hits both alike); left on."""
-    sids = [f"g{i}" for i in range(B)]
-    for sid in sids:
+    step by step in this process (so the machine's drift hits both alike); left on.
+    `open_sids`: sessions already open (their next turn `first_turn`), else B fresh ones."""
+    sids = open_sids or [f"g{i}" for i in range(B)]
+    for sid in [] if open_sids else sids:
         engine.open(sid)
     times: dict[bool, list[float]] = {True: [], False: []}
     try:
@@ -307,14 +319,32 @@ def alternated(engine: Engine, B: int, repeats: int, use: Callable[[bool], None]
             on = k % 2 == 0
             use(on)
             t0 = time.perf_counter()
-            engine.step_isolated(inputs(sids, k), defer_audio=True)
+            engine.step_isolated(inputs(sids, first_turn + k), defer_audio=True)
             if k >= 2:
                 times[on].append(time.perf_counter() - t0)
     finally:
         use(True)
-        for sid in sids:
+        for sid in [] if open_sids else sids:
             engine.close(sid)
     return statistics.median(times[True]) * 1000, statistics.median(times[False]) * 1000
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def decode_attention_ab(engine: Engine, sids: list[str], repeats: int, first_turn: int) -> tuple[float, float]:
+    """Median ms of a step of the open sessions `sids` with decode attention as two GEMMs
+    (`attend_gemm`) and through SDPA, alternated step by step."""
+    real = attention_mod.attend_gemm
+    return alternated(
+        engine,
+        len(sids),
+        repeats,
+        lambda on: setattr(attention_mod, "attend_gemm", real if on else _sdpa),
+        open_sids=sids,
+        first_turn=first_turn,
+    )
 
 
 def model_and_vocoders_ms(engine: Engine, B: int, repeats: int) -> dict[str, float]:
