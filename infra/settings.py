@@ -74,10 +74,10 @@ class Settings(BaseSettings):
     # Playout jitter hold a call starts with, and its cap (media/output_track.py): silence played
     # before the model's audio (re)starts, grown by 20 ms per underrun; 0 = none until one occurs.
     playout_hold_ms: int = Field(0, ge=0, le=1000)
+    playout_max_hold_ms: int = Field(100, ge=0, le=1000)
     # Each call's input turns end on the wall clock's 200 ms grid (media/assembler.py), so a
     # worker's calls are ready together and share one step per turn; off: at the call's phase.
     align_turns: bool = True
-    playout_max_hold_ms: int = Field(100, ge=0, le=1000)
     # Largest data-channel message the SDP answer advertises (a=max-message-size); a peer that
     # ignores it is hung up once twice this much waits in SCTP reassembly.
     max_channel_message_bytes: int = Field(65_536, ge=1024)
