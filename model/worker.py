@@ -17,10 +17,11 @@ The engine runs in one dedicated thread (the event loop never blocks on model co
 and close go through the same thread, so they serialize with steps without extra locking.
 `microturn serve` puts the engine itself in a child process (model/engine_process.py), which
 that thread drives over a pipe: the model then never waits on the event loop's GIL.
-The vocoder runs in a second thread: a step's outputs go to the publisher (a queue of one
-step), which synthesizes their audio there and publishes them, while the engine thread already
-computes the next step. Griffin-Lim overlaps the model instead of adding to it; one publisher
-keeps every session's turns, and so its vocoder's overlap state, in order.
+The vocoder runs in a second thread: the engine thread queues each step's synthesis there as
+the step ends, and the step's outputs go to the publisher (a queue of one step), which waits for
+their audio and publishes them, while the engine thread already computes the next step.
+Griffin-Lim overlaps the model instead of adding to it; one vocoder thread keeps every
+session's turns, and so its vocoder's overlap state, in order.
 
 A session whose step raises is closed by the engine while the rest of its batch is stepped
 (model/engine.py `step_isolated`); its call hears it as a last output carrying `error`. A step
@@ -34,10 +35,10 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgspec
 
@@ -55,6 +56,13 @@ T = TypeVar("T")
 
 STOP_FLUSH_S = 5.0  # stop(): how long outputs of finished steps may take to be synthesized and sent
 _ESTIMATE_STEPS = 8  # recent steps whose mean time is the next step's estimate (gathering)
+
+
+class Synthesis(NamedTuple):
+    """A step's synthesis job and its run on the vocoder thread (already queued there)."""
+
+    job: AudioJob
+    done: Future[None]
 
 
 @dataclass(frozen=True)
@@ -107,7 +115,7 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._vocoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vocoder")
         # one step's outputs wait here while the next step computes; a slower vocoder holds the loop back
-        self._ready: asyncio.Queue[tuple[list[MicroTurnOutput], list[AudioJob]]] = asyncio.Queue(maxsize=1)
+        self._ready: asyncio.Queue[tuple[list[MicroTurnOutput], list[Synthesis]]] = asyncio.Queue(maxsize=1)
         self._tasks: list[asyncio.Task[None]] = []
         self._turn_samples = engine.model.cfg.turn_samples
 
@@ -277,7 +285,7 @@ class Worker:
             if not batch:
                 continue
             try:
-                result = await self._step(batch)
+                result, audio = await self._step(batch)
             except Exception:
                 log.exception("worker.step_failed", batch=[i.session_id for i in batch])
                 if self._failing_since is None:
@@ -295,7 +303,7 @@ class Worker:
             for inp in batch:
                 if (why := result.failed.get(inp.session_id)) is not None:
                     outputs.append(self._session_failed(inp, why))
-            await self._ready.put((outputs, result.audio))
+            await self._ready.put((outputs, audio))
 
     async def _publish(self) -> None:
         """Each step's outputs, once the vocoder thread has filled in their audio, in step order."""
@@ -308,12 +316,11 @@ class Worker:
             if not sent:
                 return
 
-    async def _synthesize_and_send(self, outputs: list[MicroTurnOutput], audio: list[AudioJob]) -> bool:
+    async def _synthesize_and_send(self, outputs: list[MicroTurnOutput], audio: list[Synthesis]) -> bool:
         """False when the bus is closed (nothing more can be sent)."""
-        loop = asyncio.get_running_loop()
-        for job in audio:
+        for job, done in audio:
             try:
-                await loop.run_in_executor(self._vocoder, job.run)
+                await asyncio.wrap_future(done)
             except Exception:
                 # the mel was checked finite before it left the engine: nothing known fails here
                 log.exception("worker.vocoder_failed", sessions=[o.session_id for o in job.outputs])
@@ -344,14 +351,22 @@ class Worker:
         since = [t for t in (self._step_started, self._failing_since) if t is not None]
         return time.monotonic() - min(since) if since else 0.0
 
-    async def _step(self, batch: list[MicroTurnInput]) -> StepResult:
+    def _step_and_synthesize(self, batch: list[MicroTurnInput]) -> tuple[StepResult, list[Synthesis]]:
+        """On the engine thread: the step, then its synthesis handed straight to the vocoder
+        thread (one thread, FIFO: each session's turns stay in order). Handing it over from the
+        event loop instead cost a round trip through a loop that is busy with the calls' packets:
+        ~10 ms of every turn at 16 calls on 2 cores, measured."""
+        result = self.engine.step_isolated(batch, defer_audio=True)
+        return result, [Synthesis(job, self._vocoder.submit(job.run)) for job in result.audio]
+
+    async def _step(self, batch: list[MicroTurnInput]) -> tuple[StepResult, list[Synthesis]]:
         # sessions closed while their input waited are not stepped
         batch = [i for i in batch if i.session_id in self.engine]
         t0 = time.perf_counter()
         self._step_started = time.monotonic()
         try:
-            result: StepResult = await asyncio.get_running_loop().run_in_executor(
-                self._executor, partial(self.engine.step_isolated, batch, defer_audio=True)
+            result, audio = await asyncio.get_running_loop().run_in_executor(
+                self._executor, partial(self._step_and_synthesize, batch)
             )
         finally:
             self._step_started = None
@@ -367,4 +382,4 @@ class Worker:
             )
         if result.records and self.on_records is not None:
             self.on_records(result.records)
-        return result
+        return result, audio
