@@ -325,6 +325,54 @@ async def test_vocoder_runs_on_its_own_thread_while_the_next_step_computes(
     assert all(o.step_ms > 0 for o in outs)
 
 
+async def test_synthesis_starts_as_the_step_ends_even_while_the_event_loop_is_busy(
+    setup: tuple[Worker, MemoryBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine thread hands a step's synthesis to the vocoder thread itself: with the event
+    loop blocked from the moment the step ends, the synthesis still starts (handed over by the
+    loop, it would wait for the loop to be free)."""
+    import threading
+    import time
+
+    from model.session import PendingAudio
+
+    worker, bus = setup
+    step_done = threading.Event()
+    synth_started = threading.Event()
+    started_while_blocked: list[bool] = []
+    real_step, real_run = worker.engine.step_isolated, PendingAudio.run
+
+    def step_isolated(inputs: list[MicroTurnInput], **kw: bool) -> object:
+        result = real_step(inputs, **kw)
+        step_done.set()
+        return result
+
+    def run(self: PendingAudio) -> None:
+        synth_started.set()
+        real_run(self)
+
+    def block_the_loop() -> None:  # a busy loop: stuck from the step's end until synthesis starts or 2 s
+        step_done.wait(10)
+        started_while_blocked.append(synth_started.wait(2))
+
+    monkeypatch.setattr(worker.engine, "step_isolated", step_isolated)
+    monkeypatch.setattr(PendingAudio, "run", run)
+    await worker.open("a")
+    collector = asyncio.create_task(collect(bus, "a", 1))
+    await asyncio.sleep(0)
+    await bus.publish_struct(keys.inputs("local"), MicroTurnInput.from_arrays(audio(0), session_id="a", turn=0))
+    await asyncio.sleep(0)
+    t0 = time.monotonic()
+    while not step_done.is_set() and time.monotonic() - t0 < 10:
+        await asyncio.sleep(0)  # yield until the step is in flight, then block below
+        if worker._step_started is not None:
+            block_the_loop()
+            break
+    outs = await asyncio.wait_for(collector, 10)
+    assert started_while_blocked == [True]
+    assert [o.turn for o in outs] == [0] and len(outs[0].audio_array()) == TURN_SAMPLES
+
+
 def test_deferred_audio_is_the_audio_of_an_inline_step(tokenizer: Tokenizer) -> None:
     """Engine.step_isolated(defer_audio=True) leaves the audio out, and running its synthesis
     in order gives what the inline step gives, turn after turn (the vocoder's overlap state)."""
