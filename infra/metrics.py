@@ -44,6 +44,10 @@ EDGE_ADDED_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 PLAYOUT_UNDERRUNS = Counter("microturn_playout_underruns_total", "Output track ran dry while playing")
+PLAYOUT_RESYNCS = Counter(
+    "microturn_playout_resyncs_total",
+    "Output track asked for a frame over 60 ms late (a stalled event loop) and skipped ahead",
+)
 PLAYOUT_DROPPED_SAMPLES = Counter(
     "microturn_playout_dropped_samples_total", "Model audio dropped because the playout buffer was full"
 )

@@ -262,12 +262,14 @@ class MediaTransport:
         """Add what the media objects counted since the last export to the process metrics."""
         now = {
             "underruns": self.output.underruns,
+            "resyncs": self.output.resyncs,
             "dropped_samples": self.output.dropped_samples,
             "dropped_stale": self.assembler.dropped_stale,
             "gaps": self.assembler.gaps,
         }
         sinks = {
             "underruns": metrics.PLAYOUT_UNDERRUNS,
+            "resyncs": metrics.PLAYOUT_RESYNCS,
             "dropped_samples": metrics.PLAYOUT_DROPPED_SAMPLES,
             "dropped_stale": metrics.INPUT_TURNS_DROPPED,
             "gaps": metrics.INPUT_GAP_TURNS,

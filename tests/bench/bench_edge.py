@@ -29,7 +29,8 @@ and receiving the model's audio and events. For each N it prints `name: value` l
 - playout_underruns_N{n}: times a call's output track ran dry while playing (the model's
   audio for the next turn was not there when its first frame was due), all calls, from the
   server's `microturn_playout_underruns_total` (the calls export it about once a second, so
-  its window lags the measured one by up to a second);
+  its window lags the measured one by up to a second); playout_resyncs_N{n}: times an output
+  track was asked for a frame over 60 ms late (the event loop stalled) and skipped ahead;
 - worker_behind_steps_N{n}: steps longer than one micro-turn; gap_steps_N{n}: turns the worker
   stepped with silence because their input was late or dropped; stale_inputs_N{n}: inputs it
   dropped because it was behind; input_gap_turns_N{n}: input turns the edge filled with silence
@@ -117,6 +118,7 @@ def free_port() -> int:
 # server counters read before and after each measured window: row name -> Prometheus sample
 COUNTERS = {
     "playout_underruns": "microturn_playout_underruns_total",
+    "playout_resyncs": "microturn_playout_resyncs_total",
     "worker_behind_steps": "microturn_worker_behind_total",
     "gap_steps": "microturn_gap_steps_total",
     "stale_inputs": "microturn_stale_inputs_total",

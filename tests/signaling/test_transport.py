@@ -130,6 +130,27 @@ async def test_aligned_turns_start_with_the_silence_that_puts_them_on_the_grid(b
         track.stop()
 
 
+async def test_playout_stalls_reach_the_metrics_once_each(bus: MemoryBus) -> None:
+    """An output track that was asked for a frame too late skipped ahead (a stalled loop): the
+    export adds what happened since the last one, never the same stall twice."""
+    from prometheus_client import REGISTRY
+
+    def resyncs() -> float:
+        return REGISTRY.get_sample_value("microturn_playout_resyncs_total") or 0.0
+
+    track = OutputAudioTrack(max_late_ms=40)
+    t = MediaTransport("s1", bus, lambda _: "local", track, lambda _: None)
+    before = resyncs()
+    await track.recv()  # frame 0 anchors the schedule
+    await asyncio.sleep(0.1)  # the loop "stalls": the next frame is 80 ms late
+    await track.recv()
+    assert track.resyncs == 1
+    t.export_metrics()
+    t.export_metrics()
+    assert resyncs() - before == 1
+    track.stop()
+
+
 class BigVideoTrack(MediaStreamTrack):
     """Decoded camera frames of any size, as fast as they are read."""
 
