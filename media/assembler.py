@@ -188,18 +188,20 @@ class MicroTurnAssembler:
                 self._align()
             return
         self._place(x, int(pts_samples), now)
-        if self.align_clock is not None and self._origin is not None:
-            self._follow_grid(n, self.align_clock() - (int(pts_samples) - self._origin + n) / self.sample_rate)
+        if self.align_clock is not None:
+            self._follow_grid(int(pts_samples), n, self.align_clock())
 
-    def _follow_grid(self, n: int, start: float) -> None:
+    def _follow_grid(self, pts_samples: int, n: int, wall: float) -> None:
         """Keep aligned turns on the grid while the caller's sample clock drifts from ours
         (tens of ppm: a few ms a minute, a whole turn within hours). Every `realign_s` of audio,
         the least delayed frame of that stretch says where the turns now end; once that is more
         than `realign_ms` off the grid the stream is moved back onto it at the write head. Turns
         ending late get that much silence (`realign_silence`); turns ending early lose that much
         of the next frame (`realign_dropped`: 10-20 ms, about once in several minutes).
-        `n`: the frame's samples; `start`: when media position 0 was live, by this frame's arrival."""
+        The frame: `n` samples from `pts_samples`, its last one arriving at `wall`."""
+        assert self._origin is not None  # placed: the origin is set
         sr = self.sample_rate
+        start = wall - (pts_samples - self._origin + n) / sr  # when media position 0 was live, by this frame
         if self.resyncs != self._grid_resyncs:  # the origin moved under this stretch: start a new one
             self._grid_resyncs, self._grid_min, self._grid_samples = self.resyncs, float("inf"), 0
         self._grid_min = min(self._grid_min, start)
@@ -213,7 +215,6 @@ class MicroTurnAssembler:
         if abs(shift) < self.realign_ms * sr / 1000:
             return
         self.realigns += 1
-        assert self._origin is not None
         self._origin -= shift  # later frames land `shift` samples further on (< 0: back)
         if shift > 0:
             self.realign_silence += shift
@@ -225,7 +226,7 @@ class MicroTurnAssembler:
         n = x.size
         if self._origin is None:
             self._origin = pts_samples
-        pos = int(pts_samples) - self._origin
+        pos = pts_samples - self._origin
         floor = self._next_turn * self.turn_samples  # first position still open
 
         if pos + n <= floor - self.resync_samples:
