@@ -48,6 +48,17 @@ PLAYOUT_RESYNCS = Counter(
     "microturn_playout_resyncs_total",
     "Output track asked for a frame over 60 ms late (a stalled event loop) and skipped ahead",
 )
+PLAYOUT_QUEUED = Histogram(
+    "microturn_playout_queued_seconds",
+    "Model audio queued ahead of a turn in its call's playout buffer when the turn arrives: latency"
+    " the caller hears on top of the turn latency",
+    buckets=_LATENCY_BUCKETS,
+)
+PLAYOUT_STEERED_FRAMES = Counter(
+    "microturn_playout_steered_frames_total",
+    "Frames quiet steering added (stretched) or skipped (compressed) where the model was silent",
+    ["direction"],
+)
 PLAYOUT_DROPPED_SAMPLES = Counter(
     "microturn_playout_dropped_samples_total", "Model audio dropped because the playout buffer was full"
 )

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     # before the model's audio (re)starts, grown by 20 ms per underrun; 0 = none until one occurs.
     playout_hold_ms: int = Field(0, ge=0, le=1000)
     playout_max_hold_ms: int = Field(100, ge=0, le=1000)
+    # Quiet steering (media/output_track.py): model audio a call's playout keeps queued ahead of
+    # each arriving turn, on top of the hold, by adding or skipping frames where the model is
+    # silent; off: whatever queue the call's first turns left stays for the whole call.
+    playout_steer: bool = True
+    playout_margin_ms: int = Field(40, ge=0, le=1000)
     # Each call's input turns end on the wall clock's 200 ms grid (media/assembler.py), so a
     # worker's calls are ready together and share one step per turn; off: at the call's phase.
     align_turns: bool = True

@@ -41,6 +41,19 @@ Decisions:
   the edge puts every call's turns on one grid (media/assembler.py), each turn lands in the
   same step and the jitter left is the step's own: with the model, 0 underruns at 8 calls and
   0-5 at 16 in 10 s, starting from no hold.
+- Quiet steering (NetEQ's time stretching, in its simplest form): the audio queued ahead of a
+  turn when it arrives is latency the caller hears on top of the server's, and slack against a
+  later turn. The track keeps it near `margin_ms` (plus the hold): a turn arriving with less
+  queued ahead asks for frames of silence, one played in place of audio at each of the next
+  quiet frames (`stretched_frames`); when every turn of the last `steer_window` arrived with at
+  least a frame more than that queued, that many quiet frames are skipped (`compressed_frames`).
+  Quiet means every sample of the frame under `quiet` (-60 dBFS): the model's voice gate plays
+  exact zeros between its words and turns, so a frame of silence more or less there is
+  inaudible, where a frame lost to an underrun or skipped mid-word is not. What it fixed, with
+  the model (tests/bench/bench_edge.py, 10 s calls on 2 cores): a call's first two turns come a
+  step apart (the first is held to set the call's phase, media/assembler.py), which left ~140
+  ms queued ahead of every later turn for the whole call; and at 16 calls the step grows as
+  the calls' windows fill, so the queue shrinks turn by turn until a turn runs it dry.
 - `flush()` is barge-in: everything queued goes at once; the next frame is silence.
 - Silence is sent whenever there is nothing to play (`silence_frames`); running dry while
   playing is an underrun (`underruns`), the number operators watch.
@@ -52,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
 import av
 import numpy as np
@@ -77,12 +91,20 @@ class OutputAudioTrack(MediaStreamTrack):
         hold_ms: int = 0,
         max_hold_ms: int = 100,
         hold_decay_s: float = 10.0,
+        margin_ms: int | None = 40,
+        steer_window: int = 15,
+        quiet: float = 1e-3,
     ) -> None:
+        """`margin_ms`: the audio quiet steering keeps queued ahead of an arriving turn, on top of
+        the hold (None: no steering); `steer_window`: turns whose arrivals must all have had a
+        frame to spare before a frame is skipped; `quiet`: the peak below which a frame is quiet."""
         super().__init__()
         if not 0 < frame_ms <= max_ms or target_ms < 0:
             raise ValueError("need 0 < frame_ms <= max_ms and target_ms >= 0")
         if not 0 <= hold_ms <= max_hold_ms or hold_decay_s <= 0:
             raise ValueError("need 0 <= hold_ms <= max_hold_ms and hold_decay_s > 0")
+        if (margin_ms is not None and margin_ms < 0) or steer_window < 1 or quiet < 0:
+            raise ValueError("need margin_ms >= 0 (or None), steer_window >= 1 and quiet >= 0")
         if layout not in ("mono", "stereo"):
             raise ValueError(f"layout must be 'mono' or 'stereo', got {layout!r}")
         self.layout = layout
@@ -98,6 +120,10 @@ class OutputAudioTrack(MediaStreamTrack):
         self._held = 0  # of those, played so far
         self._decay_frames = max(1, round(hold_decay_s * 1000 / frame_ms))
         self._clean_frames = 0  # audio frames played since the last underrun or hold change
+        self.margin_samples = None if margin_ms is None else sample_rate * margin_ms // 1000
+        self.quiet = quiet
+        self._arrivals: deque[int] = deque(maxlen=steer_window)  # samples queued ahead of each turn
+        self._steer = 0  # frames of silence to add (> 0) or quiet frames to skip (< 0)
 
         # ring buffer: the only storage, so the queue is bounded by construction
         self._buf = np.zeros(self.max_samples, np.float32)  # (max_samples,)
@@ -118,6 +144,8 @@ class OutputAudioTrack(MediaStreamTrack):
         self.dropped_samples = 0  # oldest audio dropped because the buffer exceeded max_ms
         self.flushed_samples = 0
         self.flushes = 0
+        self.stretched_frames = 0  # frames of silence quiet steering played in place of audio
+        self.compressed_frames = 0  # quiet frames of audio it skipped
 
     # producer side ---------------------------------------------------------------------------
     @property
@@ -134,6 +162,8 @@ class OutputAudioTrack(MediaStreamTrack):
         if self.readyState != "live":
             return
         x = np.asarray(samples, dtype=np.float32).reshape(-1)  # (n,)
+        if self._playing:
+            self._observe(self._size)
         if not np.isfinite(x).all():
             x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
         cap = self.max_samples
@@ -151,6 +181,54 @@ class OutputAudioTrack(MediaStreamTrack):
         self._buf[: x.size - first] = x[first:]
         self._size += x.size
 
+    def _observe(self, queued: int) -> None:
+        """A turn arrived with `queued` samples ahead of it: decide how to steer (see the module
+        docstring). A short arrival asks for its whole shortfall at once, replacing any pending
+        skip; a skip is decided only with no steering pending, from arrivals since the last one."""
+        if self.margin_samples is None:
+            return
+        target = self.margin_samples + self.hold_frames * self.frame_samples
+        self._arrivals.append(queued)
+        if queued < target:
+            self._steer = -(-(target - queued) // self.frame_samples)
+        elif self._steer == 0 and len(self._arrivals) == self._arrivals.maxlen:
+            self._steer = -max(0, (min(self._arrivals) - target) // self.frame_samples)
+
+    def _head(self, n: int) -> np.ndarray:
+        """The next n queued samples (n <= queued), without consuming them."""
+        first = min(n, self.max_samples - self._read)
+        head = self._buf[self._read : self._read + first]
+        return head if first == n else np.concatenate([head, self._buf[: n - first]])
+
+    def _consume(self, n: int) -> None:
+        self._read = (self._read + n) % self.max_samples
+        self._size -= n
+
+    def _steer_quiet_frame(self) -> bool:
+        """Apply one frame of pending steering if the next frame is quiet. True: this frame is
+        stretch silence (the queue stays); a skip consumes the quiet frame and returns False, so
+        the frame after it plays."""
+        if not self._steer or self._size < self.frame_samples:
+            return False
+        if np.abs(self._head(self.frame_samples)).max() >= self.quiet:
+            return False
+        if self._steer > 0:
+            self._steer -= 1
+            self.stretched_frames += 1
+            return True
+        if self._size < 2 * self.frame_samples:  # keep a frame to play: a skip must not run it dry
+            return False
+        self._consume(self.frame_samples)
+        self._steer += 1
+        self.compressed_frames += 1
+        if self._steer == 0:
+            self._arrivals.clear()  # they were measured before the skips
+        return False
+
+    def _stop_steering(self) -> None:
+        self._steer = 0
+        self._arrivals.clear()
+
     @property
     def hold_ms(self) -> float:
         """The jitter hold now: silence played before playout (re)starts."""
@@ -161,6 +239,7 @@ class OutputAudioTrack(MediaStreamTrack):
         dropped = self._size
         self._read = self._size = 0
         self._playing, self._held = False, 0
+        self._stop_steering()
         self.flushed_samples += dropped
         self.flushes += 1
         return dropped
@@ -206,17 +285,16 @@ class OutputAudioTrack(MediaStreamTrack):
         if not self._playing:
             self.silence_frames += 1
             return out
+        if self._steer_quiet_frame():
+            return out
         take = min(self.frame_samples, self._size)
-        cap = self.max_samples
-        first = min(take, cap - self._read)
-        out[:first] = self._buf[self._read : self._read + first]
-        out[first:take] = self._buf[: take - first]
-        self._read = (self._read + take) % cap
-        self._size -= take
+        out[:take] = self._head(take)
+        self._consume(take)
         if take < self.frame_samples:
             # ran dry mid-stream: pad this frame and wait for the target depth again
             self.underruns += 1
             self._playing = False
+            self._stop_steering()
             if take == 0:
                 self.silence_frames += 1
             if self.hold_frames < self.max_hold_frames:

@@ -131,7 +131,11 @@ class Call:
         self.connected_at: float | None = None
         s = deps.settings
         self.pc = dtls.peer_connection(rtc_configuration(s))  # DTLS that RSA-certificate gateways accept
-        self.output = OutputAudioTrack(hold_ms=s.playout_hold_ms, max_hold_ms=s.playout_max_hold_ms)
+        self.output = OutputAudioTrack(
+            hold_ms=s.playout_hold_ms,
+            max_hold_ms=s.playout_max_hold_ms,
+            margin_ms=s.playout_margin_ms if s.playout_steer else None,
+        )
         self.transport = MediaTransport(
             call_id,
             deps.bus,
@@ -473,6 +477,8 @@ class Call:
                     turns_out=self.transport.turns_out,
                     underruns=self.output.underruns,
                     playout_hold_ms=self.output.hold_ms,
+                    playout_stretched_frames=self.output.stretched_frames,
+                    playout_compressed_frames=self.output.compressed_frames,
                     events_sent=self.events_sent,
                     events_dropped=self.events_dropped,
                 )

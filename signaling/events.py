@@ -199,12 +199,14 @@ class BackgroundTaskCancelled(_ServerEvent):
 
 class MetricsLatency(_ServerEvent):
     """server_ms: last input sample of the turn in -> first output sample handed to the output
-    track; step_ms: the model compute inside it."""
+    track; step_ms: the model compute inside it; playout_ms: the model audio queued ahead of
+    that sample in the call's playout buffer (it plays after them: latency on top of server_ms)."""
 
     type: Literal["metrics.latency"] = "metrics.latency"
     turn: int
     server_ms: float
     step_ms: float
+    playout_ms: float = 0.0
 
 
 class SessionMoved(_ServerEvent):

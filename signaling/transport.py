@@ -208,6 +208,7 @@ class MediaTransport:
                 self.text_tokens_dropped += out.text_dropped
                 metrics.TEXT_TOKENS_DROPPED.inc(out.text_dropped)
                 self._text_dropped(f"{out.text_dropped} tokens were dropped")
+            queued_ms = self.output.depth_ms  # what plays before this turn's first sample
             self.output.push(out.audio_array())
             now = self.last_output_at = time.monotonic()
             self.turns_out += 1
@@ -223,7 +224,15 @@ class MediaTransport:
                 self.latencies_ms.append((server_ms, out.step_ms))
                 metrics.TURN_LATENCY.observe(server_ms / 1000.0)
                 metrics.EDGE_ADDED_LATENCY.observe(max(0.0, server_ms - out.step_ms) / 1000.0)
-                self.emit(MetricsLatency(turn=out.turn, server_ms=round(server_ms, 2), step_ms=round(out.step_ms, 2)))
+                metrics.PLAYOUT_QUEUED.observe(queued_ms / 1000.0)
+                self.emit(
+                    MetricsLatency(
+                        turn=out.turn,
+                        server_ms=round(server_ms, 2),
+                        step_ms=round(out.step_ms, 2),
+                        playout_ms=round(queued_ms, 2),
+                    )
+                )
             if out.delegate and self.on_delegate is not None:
                 self.on_delegate(out.turn)
 
@@ -263,6 +272,8 @@ class MediaTransport:
         now = {
             "underruns": self.output.underruns,
             "resyncs": self.output.resyncs,
+            "stretched": self.output.stretched_frames,
+            "compressed": self.output.compressed_frames,
             "dropped_samples": self.output.dropped_samples,
             "dropped_stale": self.assembler.dropped_stale,
             "gaps": self.assembler.gaps,
@@ -270,6 +281,8 @@ class MediaTransport:
         sinks = {
             "underruns": metrics.PLAYOUT_UNDERRUNS,
             "resyncs": metrics.PLAYOUT_RESYNCS,
+            "stretched": metrics.PLAYOUT_STEERED_FRAMES.labels("stretched"),
+            "compressed": metrics.PLAYOUT_STEERED_FRAMES.labels("compressed"),
             "dropped_samples": metrics.PLAYOUT_DROPPED_SAMPLES,
             "dropped_stale": metrics.INPUT_TURNS_DROPPED,
             "gaps": metrics.INPUT_GAP_TURNS,

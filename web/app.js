@@ -273,6 +273,7 @@ const ui = {
   notice: $("notice"),
   latServer: $("lat-server"),
   latStep: $("lat-step"),
+  latPlayout: $("lat-playout"),
   latHint: $("lat-hint"),
   audio: $("remote-audio"),
   preview: $("preview"),
@@ -289,6 +290,7 @@ const tasks = new TaskPanel($("tasks"), $("tasks-empty"), (taskId) =>
 );
 const serverMs = new RollingMedian();
 const stepMs = new RollingMedian();
+const playoutMs = new RollingMedian(); // model audio queued ahead of each turn: heard after server_ms
 
 let call = null;
 let micStream = null; // the microphone MediaStream, or null (denied / none)
@@ -457,6 +459,7 @@ const HANDLERS = {
       modelCaptions.breakParagraph();
       serverMs.values = [];
       stepMs.values = [];
+      playoutMs.values = [];
       showNotice("Reconnected. This is a new session: the model does not remember the conversation so far.");
     }
     session = m;
@@ -489,6 +492,8 @@ const HANDLERS = {
     stepMs.push(Number(m.step_ms));
     ui.latServer.textContent = fmtMs(serverMs.median);
     ui.latStep.textContent = fmtMs(stepMs.median);
+    playoutMs.push(Number(m.playout_ms ?? 0));
+    ui.latPlayout.textContent = fmtMs(playoutMs.median);
     ui.latHint.textContent = `median of the last ${serverMs.values.length} turns (turn ${m.turn})`;
   },
   "session.moved"(m) {

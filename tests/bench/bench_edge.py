@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/bench/bench_edge.py [--seconds 10] [--calls 1,4,8] [--torch-threads N]
         [--load encoded|full] [--codec opus|pcmu] [--no-stub | --no-model] [--stub-step-ms MS]
-        [--random] [--playout-hold-ms MS] [--engine-nice N] [--no-align]
+        [--random] [--playout-hold-ms MS] [--engine-nice N] [--no-align] [--no-steer]
 
 Runs `microturn serve` (edge + engine + in-process bus, uvloop, the shipped checkpoint with its
 trained vocoder, as `make run` serves it; `--random`: the tiny preset's random weights, which
@@ -18,6 +18,11 @@ and receiving the model's audio and events. For each N it prints `name: value` l
   left is the edge, the bus and the worker's scheduling (its 5 ms gather window included);
 - turn_latency_ms_p50_N{n}, step_ms_p50_N{n}: the same turn latency with the model compute,
   and the compute alone, for context;
+- playout_queued_ms_p50_N{n} / _p95_N{n}: the model audio queued ahead of each turn in its
+  call's playout buffer when the turn arrived (`metrics.latency` `playout_ms`): it plays
+  first, so the caller hears the turn this much after turn_latency; playout_steered_frames_N{n}:
+  frames the calls' quiet steering added or skipped to keep it near its margin
+  (media/output_track.py; `--no-steer` turns it off);
 - step_ms_mean_N{n}: the mean of every step in the window from the server's own histogram
   (`microturn_step_seconds`), there even when no turn yields a latency event;
   realtime_ratio_N{n}: session-turns the engine stepped per call per 200 ms (1.0 = it keeps
@@ -119,6 +124,7 @@ def free_port() -> int:
 COUNTERS = {
     "playout_underruns": "microturn_playout_underruns_total",
     "playout_resyncs": "microturn_playout_resyncs_total",
+    "playout_steered_frames": "microturn_playout_steered_frames_total",
     "worker_behind_steps": "microturn_worker_behind_total",
     "gap_steps": "microturn_gap_steps_total",
     "stale_inputs": "microturn_stale_inputs_total",
@@ -277,6 +283,8 @@ async def run_n(
         "edge_added_ms_p95": pct(edge, 95),
         "turn_latency_ms_p50": pct([e["server_ms"] for e in lat], 50),
         "step_ms_p50": pct([e["step_ms"] for e in lat], 50),
+        "playout_queued_ms_p50": pct([e["playout_ms"] for e in lat], 50),
+        "playout_queued_ms_p95": pct([e["playout_ms"] for e in lat], 95),
         "step_ms_mean": 1000 * delta(STEP_S) / delta(STEPS) if delta(STEPS) else float("nan"),
         "server_cpu_ms_per_session_turn": 1000 * (cpu1 - cpu0) / delta(SESSION_TURNS)
         if delta(SESSION_TURNS)
@@ -316,7 +324,10 @@ async def main() -> None:
     ap.add_argument(
         "--no-align", action="store_true", help="turns at each call's own phase (MICROTURN_ALIGN_TURNS=false)"
     )
+    ap.add_argument("--no-steer", action="store_true", help="no quiet steering (MICROTURN_PLAYOUT_STEER=false)")
     args = ap.parse_args()
+    if args.no_steer:
+        os.environ["MICROTURN_PLAYOUT_STEER"] = "false"
     if args.no_align:
         os.environ["MICROTURN_ALIGN_TURNS"] = "false"
     if args.playout_hold_ms is not None:
@@ -333,6 +344,7 @@ async def main() -> None:
     print(f"playout_hold_ms: {os.environ.get('MICROTURN_PLAYOUT_HOLD_MS', '0 (serve default)')}")
     print(f"engine_nice: {os.environ.get('MICROTURN_ENGINE_NICE', '-10 (serve default)')}")
     print(f"align_turns: {os.environ.get('MICROTURN_ALIGN_TURNS', 'true (serve default)')}")
+    print(f"playout_steer: {os.environ.get('MICROTURN_PLAYOUT_STEER', 'true (serve default)')}")
     print(f"load: {args.load}")
     print(f"codec: {args.codec}")
     print(f"seconds_per_n: {args.seconds:g}")

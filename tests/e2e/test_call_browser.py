@@ -134,6 +134,7 @@ def run_call_flow(
     lat = page.locator("#lat-server")
     expect(lat).to_have_text(re.compile(r"^\d+(\.\d)?$"), timeout=15_000)
     expect(page.locator("#lat-step")).to_have_text(re.compile(r"^\d+(\.\d)?$"))
+    expect(page.locator("#lat-playout")).to_have_text(re.compile(r"^\d+(\.\d)?$"))
     seen["latency"] = {"server_ms": lat.inner_text(), "step_ms": page.locator("#lat-step").inner_text()}
 
     # Typed text goes out on the data channel (input_text.append) without an error.

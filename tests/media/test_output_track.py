@@ -255,3 +255,80 @@ def test_the_jitter_hold_is_bounded_and_decays_on_clean_playout() -> None:
     with pytest.raises(ValueError):
         OutputAudioTrack(hold_ms=120, max_hold_ms=100)
     track.stop()
+
+
+def play(track: OutputAudioTrack, turns: list[np.ndarray], arrivals: list[int]) -> tuple[np.ndarray, list[int]]:
+    """Turn k pushed just before frame `arrivals[k]` is played (frame time, as `next_frame`);
+    plays until the buffer is empty. Returns every frame played, concatenated, and the samples
+    queued ahead of each turn as it arrived."""
+    out, queued, frame, k = [], [], 0, 0
+    while k < len(turns) or track.depth_samples:
+        while k < len(turns) and arrivals[k] <= frame:
+            queued.append(track.depth_samples)
+            track.push(turns[k])
+            k += 1
+        out.append(next_frame(track))
+        frame += 1
+    return np.concatenate(out), queued
+
+
+def speech_and_pauses(n: int) -> list[np.ndarray]:
+    """n turns: every third one loud (distinct ramp values), the rest the exact zeros the model's
+    voice gate plays between words."""
+    return [ramp(TURN, 7 * k * TURN) if k % 3 == 1 else np.zeros(TURN, np.float32) for k in range(n)]
+
+
+def loud_in_order(played: np.ndarray, turns: list[np.ndarray]) -> bool:
+    """Every loud turn came out whole and in order: nothing of it skipped or split by silence
+    (ramp values are never 0, and loud turns never adjoin)."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], (played != 0).astype(np.int8), [0]])))
+    runs = [played[a:b] for a, b in zip(edges[::2], edges[1::2], strict=True)]
+    loud = [t for t in turns if t.any()]
+    return len(runs) == len(loud) and all(np.array_equal(r, t) for r, t in zip(runs, loud, strict=True))
+
+
+def test_quiet_steering_skips_the_queue_a_doubled_first_turn_left_behind() -> None:
+    """A call's first two turns come a step apart (the first is held to set its phase), so every
+    later turn arrives with ~140 ms queued ahead of it: that much latency for the whole call.
+    Steering skips frames of the model's silence until each turn arrives with the margin (40 ms)
+    queued, give or take a frame; loud audio is never touched, and nothing runs dry."""
+    per_turn = TURN // FRAME
+    turns = speech_and_pauses(40)
+    arrivals = [0, *((k - 1) * per_turn + 3 for k in range(1, 40))]  # turn 1 three frames after turn 0
+    for margin, expect_skips in ((None, False), (40, True)):
+        track = OutputAudioTrack(margin_ms=margin)
+        played, queued = play(track, turns, arrivals)
+        assert track.underruns == 0 and loud_in_order(played, turns)
+        assert queued[1] == TURN - 3 * FRAME  # 140 ms ahead of turn 1
+        if not expect_skips:
+            assert set(queued[1:]) == {TURN - 3 * FRAME} and track.compressed_frames == 0
+        else:
+            assert track.compressed_frames == (TURN - 3 * FRAME - 2 * FRAME) // FRAME  # 7 - 2 frames
+            assert all(2 * FRAME <= q < 3 * FRAME for q in queued[-10:])  # margin, within a frame
+            assert track.stretched_frames == 0
+        track.stop()
+
+
+def test_quiet_steering_adds_silence_before_a_slowing_step_runs_the_buffer_dry() -> None:
+    """The step grows as the calls' windows fill: each turn arrives a little later than the one
+    before. Unsteered, turns run the buffer dry (the jitter hold then catches up, one underrun
+    at a time); steered, frames of silence go in where the model is quiet, ahead of need."""
+    per_turn = TURN // FRAME
+    turns = speech_and_pauses(36)
+    arrivals = [k * per_turn + k // 3 for k in range(36)]  # a frame later every 3 turns
+    results = {}
+    for margin in (None, 40):
+        track = OutputAudioTrack(margin_ms=margin)
+        played, _ = play(track, turns, arrivals)
+        assert margin is None or loud_in_order(played, turns)
+        results[margin] = (track.underruns, track.stretched_frames)
+        track.stop()
+    assert results[None][0] >= 3 and results[None][1] == 0
+    assert results[40] == (0, 35 // 3 + 2)  # as late as the last turn, plus the margin: no more
+
+
+def test_steering_settings_are_checked() -> None:
+    with pytest.raises(ValueError):
+        OutputAudioTrack(margin_ms=-1)
+    with pytest.raises(ValueError):
+        OutputAudioTrack(steer_window=0)

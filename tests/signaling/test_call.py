@@ -73,15 +73,19 @@ async def test_close_is_idempotent_and_first_reason_wins() -> None:
             await pc.close()
 
 
-async def test_a_call_plays_out_with_the_configured_jitter_hold() -> None:
+async def test_a_call_plays_out_with_the_configured_jitter_hold_and_steering() -> None:
     async with running_edge(edge_settings()) as edge:
-        default, held = new_call(edge.rt), new_call(edge.rt, playout_hold_ms=40, playout_max_hold_ms=80)
+        default = new_call(edge.rt)
+        held = new_call(edge.rt, playout_hold_ms=40, playout_max_hold_ms=80, playout_margin_ms=60)
+        unsteered = new_call(edge.rt, playout_steer=False)
         try:
             assert (default.output.hold_ms, default.output.max_hold_frames) == (0, 5)
             assert (held.output.hold_ms, held.output.max_hold_frames) == (40, 4)
+            assert (default.output.margin_samples, held.output.margin_samples) == (640, 960)  # 40, 60 ms
+            assert unsteered.output.margin_samples is None
         finally:
-            await default.close("server_shutdown")
-            await held.close("server_shutdown")
+            for call in (default, held, unsteered):
+                await call.close("server_shutdown")
 
 
 async def test_calls_cut_their_turns_on_the_wall_clock_grid_unless_told_not_to() -> None:

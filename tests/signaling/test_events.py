@@ -60,10 +60,11 @@ def test_server_events_have_the_contract_shape() -> None:
         "model": "tiny",
         "trained": False,
     }
-    assert json.loads(MetricsLatency(turn=3, server_ms=41.5, step_ms=20.0).to_json()) == {
+    assert json.loads(MetricsLatency(turn=3, server_ms=41.5, step_ms=20.0, playout_ms=60.0).to_json()) == {
         "type": "metrics.latency",
         "turn": 3,
         "server_ms": 41.5,
         "step_ms": 20.0,
+        "playout_ms": 60.0,
     }
     assert json.loads(ErrorEvent(code="x", message="y").to_json()) == {"type": "error", "code": "x", "message": "y"}

@@ -93,6 +93,7 @@ async def test_frames_become_turns_and_outputs_become_audio_events_and_latency(b
         assert kinds == [TranscriptUserDelta, ResponseTextDelta, MetricsLatency] * 2
         lat = [e for e in events if isinstance(e, MetricsLatency)]
         assert [e.turn for e in lat] == [0, 1] and all(e.server_ms >= 0 and e.step_ms == 3.0 for e in lat)
+        assert [e.playout_ms for e in lat] == [0.0, 200.0]  # nothing read the track: turn 0 is ahead of 1
         assert delegations == [1]
         # the conversation window background tasks carry: typed text, captions, model text
         window = "\n".join(m.content for m in t.window.to_messages())
