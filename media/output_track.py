@@ -45,8 +45,9 @@ Decisions:
   turn when it arrives is latency the caller hears on top of the server's, and slack against a
   later turn. The track keeps it near `margin_ms` (plus the hold): a turn arriving with less
   queued ahead asks for frames of silence, one played in place of audio at each of the next
-  quiet frames (`stretched_frames`); when every turn of the last `steer_window` arrived with at
-  least a frame more than that queued, that many quiet frames are skipped (`compressed_frames`).
+  quiet frames (`stretched_frames`); when every turn of the last `steer_window` (the first time
+  after playout starts: `first_window`) arrived with at least a frame more than that queued,
+  that many quiet frames are skipped (`compressed_frames`).
   Quiet means every sample of the frame under `quiet` (-60 dBFS): the model's voice gate plays
   exact zeros between its words and turns, so a frame of silence more or less there is
   inaudible, where a frame lost to an underrun or skipped mid-word is not. What it fixed, with
@@ -93,18 +94,21 @@ class OutputAudioTrack(MediaStreamTrack):
         hold_decay_s: float = 10.0,
         margin_ms: int | None = 40,
         steer_window: int = 15,
+        first_window: int = 5,
         quiet: float = 1e-3,
     ) -> None:
         """`margin_ms`: the audio quiet steering keeps queued ahead of an arriving turn, on top of
         the hold (None: no steering); `steer_window`: turns whose arrivals must all have had a
-        frame to spare before a frame is skipped; `quiet`: the peak below which a frame is quiet."""
+        frame to spare before frames are skipped (`first_window` for the first skip after playout
+        (re)starts: the queue a call's first turns leave is there from its start); `quiet`: the
+        peak below which a frame is quiet."""
         super().__init__()
         if not 0 < frame_ms <= max_ms or target_ms < 0:
             raise ValueError("need 0 < frame_ms <= max_ms and target_ms >= 0")
         if not 0 <= hold_ms <= max_hold_ms or hold_decay_s <= 0:
             raise ValueError("need 0 <= hold_ms <= max_hold_ms and hold_decay_s > 0")
-        if (margin_ms is not None and margin_ms < 0) or steer_window < 1 or quiet < 0:
-            raise ValueError("need margin_ms >= 0 (or None), steer_window >= 1 and quiet >= 0")
+        if (margin_ms is not None and margin_ms < 0) or not 1 <= first_window <= steer_window or quiet < 0:
+            raise ValueError("need margin_ms >= 0 (or None), 1 <= first_window <= steer_window and quiet >= 0")
         if layout not in ("mono", "stereo"):
             raise ValueError(f"layout must be 'mono' or 'stereo', got {layout!r}")
         self.layout = layout
@@ -124,6 +128,8 @@ class OutputAudioTrack(MediaStreamTrack):
         self.quiet = quiet
         self._arrivals: deque[int] = deque(maxlen=steer_window)  # samples queued ahead of each turn
         self._steer = 0  # frames of silence to add (> 0) or quiet frames to skip (< 0)
+        self._steer_window, self._first_window = steer_window, first_window
+        self._skipped = False  # frames were skipped since playout (re)started
 
         # ring buffer: the only storage, so the queue is bounded by construction
         self._buf = np.zeros(self.max_samples, np.float32)  # (max_samples,)
@@ -191,7 +197,9 @@ class OutputAudioTrack(MediaStreamTrack):
         self._arrivals.append(queued)
         if queued < target:
             self._steer = -(-(target - queued) // self.frame_samples)
-        elif self._steer == 0 and len(self._arrivals) == self._arrivals.maxlen:
+        elif self._steer == 0 and len(self._arrivals) >= (
+            self._steer_window if self._skipped else self._first_window
+        ):
             self._steer = -max(0, (min(self._arrivals) - target) // self.frame_samples)
 
     def _head(self, n: int) -> np.ndarray:
@@ -223,11 +231,13 @@ class OutputAudioTrack(MediaStreamTrack):
         self.compressed_frames += 1
         if self._steer == 0:
             self._arrivals.clear()  # they were measured before the skips
+            self._skipped = True
         return False
 
     def _stop_steering(self) -> None:
         self._steer = 0
         self._arrivals.clear()
+        self._skipped = False
 
     @property
     def hold_ms(self) -> float:

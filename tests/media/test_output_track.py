@@ -332,3 +332,5 @@ def test_steering_settings_are_checked() -> None:
         OutputAudioTrack(margin_ms=-1)
     with pytest.raises(ValueError):
         OutputAudioTrack(steer_window=0)
+    with pytest.raises(ValueError):
+        OutputAudioTrack(steer_window=4, first_window=5)
