@@ -107,7 +107,8 @@ def _log_mel(x: Tensor, cfg: ModelConfig) -> Tensor:
     """(..., hop + N) float32 audio after the previous hop of audio -> (..., N//hop, n_mels)."""
     window, fb = stft_basis(cfg)
     frames = x.unfold(-1, cfg.win_length, cfg.hop_length) * window  # (..., F, win)
-    power = torch.fft.rfft(frames, n=cfg.n_fft).abs().square()  # (..., F, K)
+    spec = torch.fft.rfft(frames, n=cfg.n_fft)  # (..., F, K) complex
+    power = spec.real.square() + spec.imag.square()  # |z|^2 without abs()'s complex hypot and sqrt
     mel = power @ fb  # (..., F, n_mels)
     floor = 10.0**cfg.log_mel_min
     return torch.log10(torch.clamp(mel, min=floor)).clamp(cfg.log_mel_min, cfg.log_mel_max)
