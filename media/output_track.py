@@ -194,12 +194,11 @@ class OutputAudioTrack(MediaStreamTrack):
         if self.margin_samples is None:
             return
         target = self.margin_samples + self.hold_frames * self.frame_samples
+        window = self._steer_window if self._skipped else self._first_window
         self._arrivals.append(queued)
         if queued < target:
             self._steer = -(-(target - queued) // self.frame_samples)
-        elif self._steer == 0 and len(self._arrivals) >= (
-            self._steer_window if self._skipped else self._first_window
-        ):
+        elif self._steer == 0 and len(self._arrivals) >= window:
             self._steer = -max(0, (min(self._arrivals) - target) // self.frame_samples)
 
     def _head(self, n: int) -> np.ndarray:
