@@ -51,10 +51,12 @@ Decisions:
   Quiet means every sample of the frame under `quiet` (-60 dBFS): the model's voice gate plays
   exact zeros between its words and turns, so a frame of silence more or less there is
   inaudible, where a frame lost to an underrun or skipped mid-word is not. What it fixed, with
-  the model (tests/bench/bench_edge.py, 10 s calls on 2 cores): a call's first two turns come a
-  step apart (the first is held to set the call's phase, media/assembler.py), which left ~140
-  ms queued ahead of every later turn for the whole call; and at 16 calls the step grows as
-  the calls' windows fill, so the queue shrinks turn by turn until a turn runs it dry.
+  the model (tests/bench/bench_edge.py, 20 s calls on 2 cores): a call's first two turns may
+  come a step apart (the first is held to set the call's phase, media/assembler.py), which
+  left 120-180 ms queued ahead of every later turn for the whole call; and at 16 calls the
+  step grows as the calls' windows fill, so the queue shrinks turn by turn until a turn runs it
+  dry. Steered: 40 ms queued at p50 at 4 and 8 calls, 60 ms at 16, and no underrun in seven
+  runs, against 2-5 per run unsteered at 8 and 16 calls.
 - `flush()` is barge-in: everything queued goes at once; the next frame is silence.
 - Silence is sent whenever there is nothing to play (`silence_frames`); running dry while
   playing is an underrun (`underruns`), the number operators watch.

@@ -416,6 +416,8 @@ def test_dashboard_covers_the_design() -> None:
         infra.metrics.BATCH_SIZE,
         infra.metrics.TURN_LATENCY,
         infra.metrics.PLAYOUT_UNDERRUNS,
+        infra.metrics.PLAYOUT_QUEUED,
+        infra.metrics.PLAYOUT_STEERED_FRAMES,
         infra.metrics.AGENT_TASKS,
     ):
         assert metric._name in exprs

@@ -250,3 +250,26 @@ async def test_engine_error_and_dropped_text_reach_the_client(bus: MemoryBus) ->
     finally:
         pump.cancel()
         track.stop()
+
+
+async def test_steered_frames_reach_the_process_metrics_by_direction(bus: MemoryBus) -> None:
+    """A call whose first turns left too much queued skips quiet frames; export counts them under
+    direction="compressed", once."""
+    from prometheus_client import REGISTRY
+
+    def steered(direction: str) -> float:
+        return REGISTRY.get_sample_value("microturn_playout_steered_frames_total", {"direction": direction}) or 0.0
+
+    track = OutputAudioTrack(first_window=1)
+    t = MediaTransport("s1", bus, lambda _: "local", track, lambda _: None)
+    before = steered("compressed"), steered("stretched")
+    track.push(np.zeros(TURN_SAMPLES, np.float32))
+    track._next_samples()  # playing
+    track.push(np.zeros(TURN_SAMPLES, np.float32))  # 180 ms queued ahead: 7 frames over the margin
+    while track.depth_samples:
+        track._next_samples()
+    assert track.compressed_frames == 7 and track.stretched_frames == 0
+    t.export_metrics()
+    t.export_metrics()
+    assert (steered("compressed") - before[0], steered("stretched") - before[1]) == (7, 0)
+    track.stop()
