@@ -117,6 +117,7 @@ class Worker:
         # one step's outputs wait here while the next step computes; a slower vocoder holds the loop back
         self._ready: asyncio.Queue[tuple[list[MicroTurnOutput], list[Synthesis]]] = asyncio.Queue(maxsize=1)
         self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: asyncio.Task[None] | None = None  # a formed batch's step and hand-off
         self._turn_samples = engine.model.cfg.turn_samples
 
     # lifecycle ----------------------------------------------------------------------------
@@ -139,6 +140,9 @@ class Worker:
         for t in stepping:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if self._inflight is not None:  # a batch formed before the stop still steps and queues
+            with contextlib.suppress(Exception):
+                await self._inflight
         # outputs of a finished step still waiting for their audio are published, not dropped
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_FLUSH_S):
@@ -284,26 +288,34 @@ class Worker:
             batch = self._form_batch(time.monotonic())
             if not batch:
                 continue
-            try:
-                result, audio = await self._step(batch)
-            except Exception:
-                log.exception("worker.step_failed", batch=[i.session_id for i in batch])
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
-                continue
-            if result.outputs:
-                self._failing_since = None
-            elif result.failed and self._failing_since is None:
+            # shielded: once its inputs are taken, a batch's outputs reach the queue even when
+            # stop() cancels the loop mid-step (the engine thread would finish it regardless, and
+            # its synthesis is already running on the vocoder thread)
+            self._inflight = asyncio.create_task(self._step_and_queue(batch), name="worker-step")
+            await asyncio.shield(self._inflight)
+            self._inflight = None
+
+    async def _step_and_queue(self, batch: list[MicroTurnInput]) -> None:
+        try:
+            result, audio = await self._step(batch)
+        except Exception:
+            log.exception("worker.step_failed", batch=[i.session_id for i in batch])
+            if self._failing_since is None:
                 self._failing_since = time.monotonic()
-            outputs = list(result.outputs)
-            turns = {inp.session_id: inp.turn for inp in batch}
-            for out in outputs:
-                # the input's turn number, not the session's step count: they differ once turns were skipped
-                out.turn = turns[out.session_id]
-            for inp in batch:
-                if (why := result.failed.get(inp.session_id)) is not None:
-                    outputs.append(self._session_failed(inp, why))
-            await self._ready.put((outputs, audio))
+            return
+        if result.outputs:
+            self._failing_since = None
+        elif result.failed and self._failing_since is None:
+            self._failing_since = time.monotonic()
+        outputs = list(result.outputs)
+        turns = {inp.session_id: inp.turn for inp in batch}
+        for out in outputs:
+            # the input's turn number, not the session's step count: they differ once turns were skipped
+            out.turn = turns[out.session_id]
+        for inp in batch:
+            if (why := result.failed.get(inp.session_id)) is not None:
+                outputs.append(self._session_failed(inp, why))
+        await self._ready.put((outputs, audio))
 
     async def _publish(self) -> None:
         """Each step's outputs, once the vocoder thread has filled in their audio, in step order."""

@@ -426,3 +426,40 @@ async def test_stop_publishes_the_outputs_still_being_synthesized(
     outs = await asyncio.wait_for(collector, 5)
     assert [o.turn for o in outs] == [0] and len(outs[0].audio_array()) == TURN_SAMPLES
     await worker.stop()
+
+
+async def test_stop_mid_step_still_publishes_that_steps_outputs(
+    setup: tuple[Worker, MemoryBus], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine thread queues a step's synthesis before the step returns to the loop: a stop
+    that lands in between (here held open for 0.3 s) must not drop the step's outputs."""
+    import threading
+    import time
+
+    from model.session import PendingAudio
+
+    worker, bus = setup
+    synthesizing = threading.Event()
+    real_run, real_step = PendingAudio.run, Worker._step_and_synthesize
+
+    def run(self: PendingAudio) -> None:
+        synthesizing.set()
+        real_run(self)
+
+    def step_then_linger(self: Worker, batch: list[MicroTurnInput]) -> object:
+        out = real_step(self, batch)
+        synthesizing.wait(5)
+        time.sleep(0.3)  # the engine thread still busy: the loop has not got the step back yet
+        return out
+
+    monkeypatch.setattr(PendingAudio, "run", run)
+    monkeypatch.setattr(Worker, "_step_and_synthesize", step_then_linger)
+    await worker.open("a")
+    collector = asyncio.create_task(collect(bus, "a", 1))
+    await asyncio.sleep(0)
+    await bus.publish_struct(keys.inputs("local"), MicroTurnInput.from_arrays(audio(0), session_id="a", turn=0))
+    while not synthesizing.is_set():
+        await asyncio.sleep(0.01)
+    await worker.stop()
+    outs = await asyncio.wait_for(collector, 5)
+    assert [o.turn for o in outs] == [0] and len(outs[0].audio_array()) == TURN_SAMPLES
